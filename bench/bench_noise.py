@@ -1,0 +1,162 @@
+"""Cost of NEFTune noise in a training step: neftlib vs no noise vs transformers' built-in hook.
+
+Steps (forward + backward + AdamW) of the three variants are interleaved in one run, after
+warm-up, so drift in machine load hits all of them alike; medians are reported.
+
+    python bench/bench_noise.py [--model PATH_OR_NAME] [--batch 8] [--seq 256] [--steps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from neftlib.noise import neftune  # noqa: E402
+
+ALPHA = 5.0
+OUT = Path(__file__).resolve().parent / "results" / "noise_overhead.json"
+RANDOM = "random-smollm2-shape"
+
+
+def random_smollm2_shape() -> torch.nn.Module:
+    """SmolLM2-135M's architecture with random weights: enough for timing."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
+                      tie_word_embeddings=True)
+    return LlamaForCausalLM(cfg)
+
+
+def load(name: Optional[str]) -> tuple[torch.nn.Module, str]:
+    if name == RANDOM:
+        return random_smollm2_shape(), RANDOM
+    try:
+        from neftlib.models import load_model
+    except ImportError:
+        load_model = None
+    if load_model is not None:
+        target = name or "smollm2-135m-instruct"
+        try:
+            return load_model(target), target
+        except Exception as err:  # the packaged model may be absent; timing works on random weights
+            if name is not None:
+                raise
+            print(f"load_model({target!r}) failed ({err}); using {RANDOM}", file=sys.stderr)
+            return random_smollm2_shape(), RANDOM
+    if name is None:
+        return random_smollm2_shape(), RANDOM
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(name), name
+
+
+def hf_hook() -> Optional[Callable]:
+    for mod in ("transformers.trainer_utils", "transformers.integrations.neftune"):
+        try:
+            return getattr(__import__(mod, fromlist=["x"]), "neftune_post_forward_hook")
+        except (ImportError, AttributeError):
+            continue
+    return None
+
+
+@contextlib.contextmanager
+def hf_noise(model: torch.nn.Module, hook: Callable):
+    """Attach transformers' hook the way Trainer does."""
+    emb = model.get_input_embeddings()
+    emb.neftune_noise_alpha = ALPHA
+    handle = emb.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+        del emb.neftune_noise_alpha
+
+
+def make_batch(vocab: int, batch: int, seq: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Right-padded batch with lengths spread over [seq/2, seq], like instruction data."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, vocab, (batch, seq), generator=g)
+    lengths = torch.randint(seq // 2, seq + 1, (batch,), generator=g)
+    mask = (torch.arange(seq)[None] < lengths[:, None]).long()
+    ids = ids.masked_fill(mask == 0, 0)
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device),
+            "labels": ids.masked_fill(mask == 0, -100).to(device)}
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help=f"local HF folder or neftlib model name; '{RANDOM}' forces random weights")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per variant")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant")
+    p.add_argument("--out", type=Path, default=OUT)
+    a = p.parse_args(argv)
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    model, model_name = load(a.model)
+    model.to(device).train()
+    batch = make_batch(model.get_input_embeddings().num_embeddings, a.batch, a.seq, device)
+    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-6)
+    hook = hf_hook()
+    variants: dict[str, Callable[[], Any]] = {
+        "none": contextlib.nullcontext,
+        "neftlib": lambda: neftune(model, ALPHA, seed=0),
+    }
+    if hook is not None:
+        variants["hf"] = lambda: hf_noise(model, hook)
+
+    def step() -> float:
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        model(**batch).loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    names = list(variants)
+    for r in range(a.warmup + a.steps):
+        for k in names[r % len(names):] + names[: r % len(names)]:  # rotate order: no fixed position bias
+            with variants[k]():
+                dt_s = step()
+            if r >= a.warmup:
+                times[k].append(dt_s)
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    result = {
+        "model": model_name, "batch": a.batch, "seq": a.seq, "steps": a.steps, "device": str(device),
+        "median_step_s_none": med["none"], "median_step_s_neftlib": med["neftlib"],
+        "median_step_s_hf": med.get("hf"),
+        "ratio_neftlib_over_none": med["neftlib"] / med["none"],
+        "ratio_neftlib_over_hf": med["neftlib"] / med["hf"] if "hf" in med else None,
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = a.out.with_name(a.out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, a.out)  # readers never see a half-written file
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

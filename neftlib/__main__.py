@@ -1,0 +1,55 @@
+"""Command line: `python -m neftlib run|winrate|analyze ...`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+WINRATE_KEYS = ("win_rate", "standard_error", "n_wins", "n_wins_base", "n_draws", "n_total", "avg_length")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neftlib", description="NEFTune replication pipeline")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="execute the notebooks in order with papermill")
+    run.add_argument("--profile", default="cpu", help="smoke, cpu, gpu-7b or colab-qlora")
+    run.add_argument("--run", default="", help="results/<run>/ folder (default: the profile name)")
+    run.add_argument("--seed", type=int, default=None)
+    run.add_argument("--alpha", type=float, default=None, help="NEFTune alpha of the noised arms")
+    run.add_argument("--only", nargs="+", default=None, help="notebook prefixes to run, e.g. 01 02")
+    run.add_argument("--force", action="store_true", help="rerun everything; the earlier run is moved aside")
+    win = sub.add_parser("winrate", help="alpaca_eval metrics of an annotations file, as JSON")
+    win.add_argument("annotations", type=Path)
+    ana = sub.add_parser("analyze", help="length / repetition / log-diversity of model_outputs.json files")
+    ana.add_argument("outputs", type=Path, nargs="+")
+    ana.add_argument("--cutoff", type=int, default=50, help="whitespace tokens kept per answer (paper: 50 for Alpaca)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            from neftlib.runner import run_pipeline
+
+            folder = run_pipeline(args.profile, args.run, seed=args.seed, alpha=args.alpha, force=args.force,
+                                  only=args.only)
+            print(f"results in {folder}")
+        elif args.command == "winrate":
+            from neftlib.winrate import summarize_annotations
+
+            stats = summarize_annotations(args.annotations)
+            print(json.dumps({k: stats[k] for k in WINRATE_KEYS}))
+        elif args.command == "analyze":
+            from neftlib.textstats import analyze_files
+
+            print(json.dumps(analyze_files(args.outputs, cutoff=args.cutoff), indent=2))
+    except (ValueError, FileNotFoundError, FileExistsError, MemoryError, RuntimeError) as err:
+        print(f"neftlib {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

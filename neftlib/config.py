@@ -1,0 +1,162 @@
+"""The one typed run configuration, and profiles resolved into it."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+METHODS = ("full", "lora", "qlora")
+DISTRIBUTIONS = ("uniform", "gaussian")
+SCALINGS = ("per_example", "padded")
+PRECISIONS = ("fp32", "bf16", "fp16")
+PROMPT_FORMATS = ("alpaca", "vicuna", "chat")
+JUDGES = ("local",)
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run depends on; written to results/<run>/config.json."""
+
+    profile: str = "smoke"  # name of the profile this config came from
+    run: str = ""  # results/<run>/ folder; empty means the profile name
+    seed: int = 0  # seeds data order, init of LoRA, noise (mixed with rank) and eval subsets
+    # --- model ---
+    model: str = "tiny-random"  # "tiny-random", "smollm2-135m-instruct", "gemma-3-270m", a local folder or a hub id
+    method: str = "full"  # "full" fine-tune (the paper), "lora", or "qlora" (4-bit NF4 base + LoRA)
+    lora_r: int = 16  # LoRA rank (lora / qlora)
+    lora_alpha: int = 32  # LoRA scaling numerator
+    lora_dropout: float = 0.05  # dropout on the LoRA branch
+    lora_targets: tuple[str, ...] = ALL_LINEAR  # modules that get LoRA adapters (all linear layers, as QLoRA)
+    precision: str = "fp32"  # compute dtype: fp32 on CPU, bf16 on recent GPUs (the paper trains in bf16)
+    gradient_checkpointing: bool = False  # trade compute for memory (7B)
+    # --- data ---
+    train_data: str = "mini"  # "mini" (data/), "alpaca" (NEFTLIB_DATA_DIR or hub), "auto" (alpaca if present else mini), or a file
+    train_limit: int | None = None  # rows kept after the seeded shuffle; None keeps all
+    drop_bad_rows: bool = False  # drop (and count) malformed rows instead of stopping at the first
+    heldout_limit: int = 32  # rows held out of the training set for the held-out loss (05)
+    prompt_format: str = "alpaca"  # "alpaca" (paper, all sets but ShareGPT), "vicuna" (ShareGPT), "chat" (model's template)
+    max_length: int = 512  # tokens per example after formatting (the paper: 512)
+    eval_data: str = "auto"  # "mini" (data/mini_eval.json), "alpaca_eval" (805 prompts), "auto", or a file
+    eval_limit: int | None = None  # seeded subset of the evaluation prompts; None = all
+    # --- optimisation ---
+    epochs: float = 1.0  # passes over the training set (the paper: 3)
+    max_steps: int | None = None  # optimizer steps; overrides epochs when set
+    batch_size: int = 4  # examples per micro-batch per process
+    grad_accum: int = 1  # micro-batches per optimizer step
+    learning_rate: float = 5e-5  # peak LR (paper code: 5e-5 for 7B)
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup_ratio: float = 0.03  # linear warmup share of steps, then cosine decay
+    max_grad_norm: float = 1.0  # gradient clipping
+    group_by_length: bool = True  # batch similar lengths together to cut padding
+    # --- NEFTune ---
+    alpha: float = 5.0  # noise alpha of the NEFTune arm (paper: 5 for 7B, 15 for 70B)
+    noise_scaling: str = "per_example"  # "per_example" (paper code) or "padded" (transformers)
+    arms: tuple[str, ...] = ("baseline", "neftune", "gaussian")  # arms trained by 02 (03 uses qlora_arms)
+    qlora_arms: tuple[str, ...] = ("baseline", "neftune")  # arms trained by 03
+    # --- bookkeeping ---
+    save_every: int = 50  # optimizer steps between atomic checkpoints
+    loss_subset: int = 32  # training rows whose noise-free loss is measured after training
+    # --- generation and judging ---
+    gen_max_new_tokens: int = 256  # answer length cap
+    gen_batch_size: int = 16  # prompts per generate call (left-padded, sorted by length)
+    repetition_penalty: float = 1.2  # the paper's decoding
+    judge: str = "local"  # "local": a transformers model judging from the log-probabilities of its two choices
+    judge_model: str = ""  # judge model; empty means the run's base model
+    overlap_limit: int = 16  # training prompts answered for ROUGE-L / BLEU (05)
+    diversity_cutoff: int = 50  # whitespace tokens for the repetition / diversity table (paper: 50 for Alpaca)
+
+    def __post_init__(self) -> None:
+        _check_choice("method", self.method, METHODS)
+        _check_choice("noise_scaling", self.noise_scaling, SCALINGS)
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("prompt_format", self.prompt_format, PROMPT_FORMATS)
+        _check_choice("judge", self.judge, JUDGES)
+        if not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha) or self.alpha < 0:
+            raise ValueError(f"alpha must be a finite number >= 0 (the paper uses 5 to 15), got {self.alpha!r}")
+        for name in ("batch_size", "grad_accum", "max_length", "save_every", "gen_max_new_tokens", "gen_batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        for arm in (*self.arms, *self.qlora_arms):
+            _check_choice("arms", arm, tuple(ARMS))
+
+    @property
+    def run_name(self) -> str:
+        return self.run or self.profile
+
+    @property
+    def load_in_4bit(self) -> bool:
+        return self.method == "qlora"
+
+    def for_arm(self, arm: str) -> "ArmConfig":
+        """The training config of one arm: the same run, differing only in the noise."""
+        _check_choice("arm", arm, tuple(ARMS))
+        alpha, distribution = ARMS[arm](self)
+        return ArmConfig(name=arm, alpha=alpha, distribution=distribution)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        from neftlib.io import write_json
+
+        write_json(path, self.to_dict())
+
+
+@dataclass(frozen=True)
+class ArmConfig:
+    """The noise of one arm of the comparison."""
+
+    name: str  # "baseline", "neftune" or "gaussian"
+    alpha: float  # 0 for the baseline
+    distribution: str = "uniform"  # "uniform" (paper) or "gaussian" (ablation)
+
+
+# Baseline and NEFTune differ only in alpha; the Gaussian control only in the distribution.
+ARMS = {
+    "baseline": lambda c: (0.0, "uniform"),
+    "neftune": lambda c: (float(c.alpha), "uniform"),
+    "gaussian": lambda c: (float(c.alpha), "gaussian"),
+}
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(choices)}")
+
+
+def load_config(profile: str, **overrides: Any) -> RunConfig:
+    """The config of a named profile, with field overrides (e.g. from papermill parameters)."""
+    from neftlib.profiles import PROFILES
+
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown config field(s) {unknown}; valid fields: {', '.join(sorted(fields))}")
+    values: dict[str, Any] = {**PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None}}
+    for key in ("lora_targets", "arms", "qlora_arms"):
+        if key in values and isinstance(values[key], list):
+            values[key] = tuple(values[key])
+    return RunConfig(profile=profile, **values)
+
+
+def qlora_config(cfg: RunConfig) -> RunConfig:
+    """The 03 stage's config: the same run with the profile's QLoRA overrides."""
+    from neftlib.profiles import QLORA
+
+    return dataclasses.replace(cfg, **QLORA.get(cfg.profile, QLORA["default"]))
+
+
+def config_from_json(path: Path) -> RunConfig:
+    data = json.loads(Path(path).read_text())
+    for key in ("lora_targets", "arms", "qlora_arms"):
+        data[key] = tuple(data[key])
+    return RunConfig(**data)

@@ -1,0 +1,62 @@
+"""Stage 04: answers to the evaluation prompts for every trained arm, judged against the reference answers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from neftlib.config import RunConfig, qlora_config
+from neftlib.generate import eval_prompts, generate_answers, model_outputs
+from neftlib.io import is_done, mark_done, read_json, write_csv, write_json
+from neftlib.judge import LocalJudge, annotations
+from neftlib.models import load_base, load_tokenizer
+from neftlib.stages import stage_dir, trained_arms
+from neftlib.winrate import bootstrap_ci, summarize_preferences, win_values
+
+
+def arm_outputs(cfg: RunConfig, stage: str, arm: str, folder: Path, rows: list[dict], tok, *,
+                name: str = "model_outputs", progress: bool = True) -> list[dict]:
+    """Generate (or reuse) an arm's answers to `rows`, saved as <eval>/<stage>-<arm>/<name>.json."""
+    from neftlib.train import load_trained
+
+    out = stage_dir(cfg, "eval") / f"{stage}-{arm}" / f"{name}.json"
+    if out.exists():
+        return read_json(out)
+    run_cfg = qlora_config(cfg) if stage == "qlora" else cfg
+    model = load_trained(run_cfg, folder)
+    answers = generate_answers(model, tok, eval_prompts(rows, cfg.prompt_format, tok),
+                               max_new_tokens=cfg.gen_max_new_tokens, batch_size=cfg.gen_batch_size,
+                               repetition_penalty=cfg.repetition_penalty, progress=progress,
+                               desc=f"{stage}-{arm}")
+    outputs = model_outputs(rows, answers, generator=f"{cfg.run_name}-{stage}-{arm}")
+    write_json(out, outputs)
+    return outputs
+
+
+def evaluate(cfg: RunConfig, progress: bool = True) -> pd.DataFrame:
+    """Win rate (with standard error and a bootstrap 95% interval) and length of every trained arm."""
+    out = stage_dir(cfg, "eval")
+    if is_done(out):
+        return pd.read_csv(out / "winrates.csv")
+    rows = read_json(stage_dir(cfg, "data") / "eval.json")
+    tok = load_tokenizer(cfg.model)
+    arms = trained_arms(cfg)
+    if not arms:
+        raise FileNotFoundError(f"no finished training arm under {stage_dir(cfg, 'train')}: run 02 (and 03) first")
+    outputs = {(stage, arm): arm_outputs(cfg, stage, arm, folder, rows, tok, progress=progress)
+               for stage, arm, folder in arms}
+    judge_name = cfg.judge_model or cfg.model
+    judge = LocalJudge(load_base(judge_name, precision=cfg.precision), load_tokenizer(judge_name),
+                       name=f"local:{judge_name}")
+    table = []
+    for (stage, arm), outs in outputs.items():
+        prefs = judge.judge([r["instruction"] for r in rows], [o["output"] for o in outs],
+                            [r["output"] for r in rows], cache_path=out / "judge_cache.json", progress=progress)
+        write_json(out / f"{stage}-{arm}" / "annotations.json", annotations(rows, outs, prefs, judge.name))
+        stats = summarize_preferences(prefs, [len(o["output"]) for o in outs])
+        low, high = bootstrap_ci(win_values(prefs), seed=cfg.seed)
+        table.append({"run": cfg.run_name, "stage": stage, "arm": arm, "judge": judge.name, **stats,
+                      "ci_low": low, "ci_high": high})
+    write_csv(out / "winrates.csv", table)
+    mark_done(out)
+    return pd.DataFrame(table)

@@ -1,0 +1,131 @@
+"""The pipeline's stages, one function per notebook: each reads results/<run>/ and writes its own folder."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from neftlib.config import RunConfig, config_from_json, load_config, qlora_config
+from neftlib.data import load_eval_set, load_instructions, resolve_train_source, tokenize_rows
+from neftlib.io import environment, is_done, mark_done, read_json, read_jsonl, write_csv, write_json, write_jsonl
+from neftlib.models import load_tokenizer
+from neftlib.paths import MINI_TRAIN, run_dir
+
+def start_run(profile: str, run: str = "", seed: int | None = None, alpha: float | None = None,
+              force: bool = False, **overrides: Any) -> RunConfig:
+    """The run's config; writes config.json and env.json, refusing to mix with a different earlier run."""
+    cfg = load_config(profile, run=run or None, seed=seed, alpha=alpha, **overrides)
+    folder = run_dir(cfg.run_name)
+    saved = folder / "config.json"
+    if saved.exists() and not force:
+        old = config_from_json(saved)
+        changed = sorted(k for k, v in cfg.to_dict().items() if old.to_dict().get(k) != v)
+        if changed:
+            raise FileExistsError(
+                f"{folder} holds an earlier run with different settings ({', '.join(changed)}); "
+                "choose another run name (RUN / --run) or pass force to overwrite it"
+            )
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg.save(saved)
+    write_json(folder / "env.json", environment())
+    return cfg
+
+
+def stage_dir(cfg: RunConfig, name: str) -> Path:
+    return run_dir(cfg.run_name) / name
+
+
+# ---------- 01: data ----------
+
+def prepare_data(cfg: RunConfig) -> dict[str, Any]:
+    """Load, validate, split and tokenize the training data; pick the evaluation prompts."""
+    out = stage_dir(cfg, "data")
+    if is_done(out):
+        return read_json(out / "report.json")
+    tok = load_tokenizer(cfg.model)
+    n = None if cfg.train_limit is None else cfg.train_limit + cfg.heldout_limit
+    rows, report = load_instructions(cfg.train_data, seed=cfg.seed, limit=n, drop_bad=cfg.drop_bad_rows)
+    heldout_rows, train_rows = rows[: cfg.heldout_limit], rows[cfg.heldout_limit:]
+    train_report = dataclasses.replace(report, rows_used=len(train_rows))
+    train = tokenize_rows(train_rows, tok, cfg.prompt_format, cfg.max_length, train_report)
+    heldout = tokenize_rows(heldout_rows, tok, cfg.prompt_format, cfg.max_length)
+    sets = {"train": train, "heldout": heldout}
+    # A second kind of data for the cross-set loss: the mini set when training on real data, else Alpaca.
+    other = "mini" if Path(report.source) != MINI_TRAIN else "auto"
+    if resolve_train_source(other) != Path(report.source):
+        other_rows, _ = load_instructions(other, seed=cfg.seed, limit=cfg.heldout_limit, drop_bad=True)
+        sets["other"] = tokenize_rows(other_rows, tok, cfg.prompt_format, cfg.max_length)
+    eval_rows, eval_source = load_eval_set(cfg.eval_data, seed=cfg.seed, limit=cfg.eval_limit)
+    for name, examples in sets.items():
+        write_jsonl(out / f"{name}.jsonl", examples)
+    write_json(out / "train_rows.json", train_rows)
+    write_json(out / "eval.json", eval_rows)
+    lengths = [{"set": name, "tokens": len(e["input_ids"])} for name, ex in sets.items() for e in ex]
+    write_csv(out / "lengths.csv", lengths)
+    summary = {
+        "train_source": report.source, "eval_source": eval_source, "rows_read": report.rows_read,
+        "train_examples": len(train), "heldout_examples": len(heldout),
+        "other_examples": len(sets.get("other", [])), "other_source": str(resolve_train_source(other)),
+        "eval_prompts": len(eval_rows),
+        "truncated": train_report.truncated, "longer_than_512": train_report.longer_than_512,
+        "dropped": train_report.dropped, "max_length": cfg.max_length,
+    }
+    write_json(out / "report.json", summary)
+    mark_done(out)
+    return summary
+
+
+def load_prepared(cfg: RunConfig, name: str) -> list[dict]:
+    path = stage_dir(cfg, "data") / f"{name}.jsonl"
+    if not is_done(path.parent):
+        raise FileNotFoundError(f"{path.parent} is incomplete: run notebook 01_data_prep first")
+    return read_jsonl(path) if path.exists() else []
+
+
+# ---------- 02 / 03: training ----------
+
+def train_arms(cfg: RunConfig, stage: str = "train") -> pd.DataFrame:
+    """Train every arm of the stage ('train': full / profile method, 'qlora': the QLoRA variant)."""
+    from neftlib.train import train
+
+    run_cfg = qlora_config(cfg) if stage == "qlora" else cfg
+    arms = run_cfg.qlora_arms if stage == "qlora" else run_cfg.arms
+    examples = load_prepared(cfg, "train")
+    subsets = {"train_nonoise": examples[: cfg.loss_subset], "heldout": load_prepared(cfg, "heldout")}
+    if load_prepared(cfg, "other"):
+        subsets["other"] = load_prepared(cfg, "other")
+    if stage == "qlora" and run_cfg.train_limit is not None and cfg.train_limit != run_cfg.train_limit:
+        examples = examples[: run_cfg.train_limit]
+    pad_id = load_tokenizer(cfg.model).pad_token_id
+    out = stage_dir(cfg, stage)
+    summaries = []
+    for arm_name in arms:
+        arm = run_cfg.for_arm(arm_name)
+        arm_dir = out / arm_name
+        arm_dir.mkdir(parents=True, exist_ok=True)
+        run_cfg.save(arm_dir / "config.json")
+        summaries.append(train(run_cfg, arm, examples, arm_dir, loss_examples=subsets, pad_id=pad_id))
+    write_csv(out / "summary.csv", summaries)
+    mark_done(out, arms=list(arms))
+    return pd.DataFrame(summaries)
+
+
+def training_logs(cfg: RunConfig, stage: str = "train") -> pd.DataFrame:
+    """All arms' per-step logs of a stage in one tidy table."""
+    folder = stage_dir(cfg, stage)
+    frames = [pd.read_csv(p) for p in sorted(folder.glob("*/log.csv"))]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def trained_arms(cfg: RunConfig) -> list[tuple[str, str, Path]]:
+    """(stage, arm, folder) of every finished arm, in training order."""
+    found = []
+    for stage in ("train", "qlora"):
+        run_cfg = qlora_config(cfg) if stage == "qlora" else cfg
+        for arm in (run_cfg.qlora_arms if stage == "qlora" else run_cfg.arms):
+            folder = stage_dir(cfg, stage) / arm
+            if is_done(folder):
+                found.append((stage, arm, folder))
+    return found

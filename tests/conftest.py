@@ -1,0 +1,43 @@
+"""Shared fixtures: every test writes results into its own temp folder; real data when present."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+PROJ = Path(__file__).resolve().parents[1]
+SHARED = PROJ.parent / "shared" / "data"
+
+
+def real_data_dir() -> Path | None:
+    value = os.environ.get("NEFTLIB_DATA_DIR") or (str(SHARED) if SHARED.is_dir() else "")
+    return Path(value) if value and Path(value).is_dir() else None
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch) -> Path:
+    """Results and figures go to a temp folder, never the project's results/."""
+    monkeypatch.setenv("NEFTLIB_RESULTS_DIR", str(tmp_path / "results"))
+    monkeypatch.setenv("NEFTLIB_FIGURES_DIR", str(tmp_path / "figures"))
+    return tmp_path / "results"
+
+
+@pytest.fixture
+def no_real_data(monkeypatch):
+    monkeypatch.delenv("NEFTLIB_DATA_DIR", raising=False)
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    found = real_data_dir()
+    if found is None:
+        pytest.skip("real data absent: set NEFTLIB_DATA_DIR or place it at ../shared/data")
+    return found
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from neftlib.models import load_tokenizer
+
+    return load_tokenizer("tiny-random")
