@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from neftlib.noise import neftune  # noqa: E402
+from neftlib.noise import add_neftune_noise, neftune  # noqa: E402
 
 ALPHA = 5.0
 OUT = Path(__file__).resolve().parent / "results" / "noise_overhead.json"
@@ -76,12 +76,46 @@ def hf_hook() -> Optional[Callable]:
 def hf_noise(model: torch.nn.Module, hook: Callable):
     """Attach transformers' hook the way Trainer does."""
     emb = model.get_input_embeddings()
+    with hf_attr(emb):
+        handle = emb.register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+
+def time_hooks(model: torch.nn.Module, hook: Optional[Callable], batch: dict[str, torch.Tensor],
+               reps: int = 20) -> dict[str, float]:
+    """Median ms of one noising of this batch's embeddings (neftlib incl. mask handling, vs HF)."""
+    emb = model.get_input_embeddings()
+    with torch.no_grad():
+        out = emb(batch["input_ids"])
+    sync = torch.cuda.synchronize if out.is_cuda else (lambda: None)
+    g = torch.Generator(device=out.device).manual_seed(0)
+    calls: dict[str, Callable[[], Any]] = {
+        "neftlib": lambda: add_neftune_noise(out, batch["attention_mask"], ALPHA, generator=g)}
+    if hook is not None:
+        calls["hf"] = lambda: hook(emb, None, out)
+    res = {}
+    with hf_attr(emb):
+        for k, f in calls.items():
+            ts = []
+            for _ in range(reps):
+                sync()
+                t0 = time.perf_counter()
+                f()
+                sync()
+                ts.append(time.perf_counter() - t0)
+            res[k] = 1e3 * statistics.median(ts)
+    return res
+
+
+@contextlib.contextmanager
+def hf_attr(emb: torch.nn.Module):
     emb.neftune_noise_alpha = ALPHA
-    handle = emb.register_forward_hook(hook)
     try:
         yield
     finally:
-        handle.remove()
         del emb.neftune_noise_alpha
 
 
@@ -103,8 +137,11 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--out", type=Path, default=OUT)
     a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
@@ -141,12 +178,16 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                 times[k].append(dt_s)
 
     med = {k: statistics.median(v) for k, v in times.items()}
+    hook_ms = time_hooks(model, hook, batch)
     result = {
         "model": model_name, "batch": a.batch, "seq": a.seq, "steps": a.steps, "device": str(device),
         "median_step_s_none": med["none"], "median_step_s_neftlib": med["neftlib"],
         "median_step_s_hf": med.get("hf"),
         "ratio_neftlib_over_none": med["neftlib"] / med["none"],
         "ratio_neftlib_over_hf": med["neftlib"] / med["hf"] if "hf" in med else None,
+        # the hook's own work on this batch, timed alone: readable even when step times are noisy
+        "median_noise_call_ms_neftlib": hook_ms["neftlib"], "median_noise_call_ms_hf": hook_ms.get("hf"),
+        "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }

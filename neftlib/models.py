@@ -69,6 +69,7 @@ def _convert_gguf(name: str, tmp: Path) -> None:
     # The weights are dequantized now: drop the GGUF marker so later loads are plain safetensors.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    model.hf_quantizer = None
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
 

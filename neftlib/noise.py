@@ -25,57 +25,33 @@ _SCALINGS = ("per_example", "padded")
 _MASK64 = (1 << 64) - 1
 
 
-def _check_alpha(alpha: Any) -> float:
+def _check_args(alpha: Any, distribution: str, scaling: str) -> float:
+    """Validate the shared options; returns alpha as a float."""
     ok = isinstance(alpha, numbers.Real) and not isinstance(alpha, bool)
     if not ok or not math.isfinite(float(alpha)) or float(alpha) < 0:
         raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
-    return float(alpha)
-
-
-def _check_options(distribution: str, scaling: str) -> None:
     if distribution not in _DISTRIBUTIONS:
         raise ValueError(f"distribution must be one of {_DISTRIBUTIONS}, got {distribution!r}")
     if scaling not in _SCALINGS:
         raise ValueError(f"scaling must be one of {_SCALINGS}, got {scaling!r}")
+    return float(alpha)
 
 
-def _real_mask(embeds: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """(B, T) float32 mask of real tokens, or None when every position is real."""
-    if attention_mask is None:
-        return None
-    if tuple(attention_mask.shape) != tuple(embeds.shape[:2]):
-        raise ValueError(
-            f"attention_mask must have shape (B, T) = {tuple(embeds.shape[:2])} matching embeds, "
-            f"got {tuple(attention_mask.shape)}"
-        )
-    return (attention_mask != 0).to(device=embeds.device, dtype=torch.float32)
-
-
-def _token_lengths(real: torch.Tensor, position_ids: Optional[torch.Tensor]) -> torch.Tensor:
-    """Length L of the sequence each position belongs to, shape (B, T), float32, >= 1."""
+def _segment_lengths(real: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    """Per position, the number of real tokens in its packed segment, shape (B, T)."""
     B, T = real.shape
-    if position_ids is None:
-        lengths = real.sum(dim=1, keepdim=True).expand(B, T)
-    else:
-        # Packed rows: a segment starts wherever positions restart at 0. Offsetting by
-        # row keeps segment ids unique across the batch so one scatter_add counts them all.
-        seg = (position_ids == 0).cumsum(dim=1)
-        seg = seg + torch.arange(B, device=seg.device).unsqueeze(1) * (T + 1)
-        counts = torch.zeros(B * (T + 1), device=real.device, dtype=torch.float32)
-        counts.scatter_add_(0, seg.reshape(-1), real.reshape(-1))
-        lengths = counts[seg]
-    # All-pad rows/segments get zero noise through the mask; clamping avoids 0/0.
-    return lengths.clamp_min(1.0)
+    # A segment starts wherever positions restart at 0. Offsetting by row keeps segment
+    # ids unique across the batch, so one scatter_add counts every segment at once.
+    seg = (position_ids == 0).cumsum(dim=1)
+    seg = seg + torch.arange(B, device=seg.device).unsqueeze(1) * (T + 1)
+    counts = torch.zeros(B * (T + 1), device=real.device, dtype=torch.float32)
+    counts.scatter_add_(0, seg.reshape(-1), real.reshape(-1))
+    return counts[seg]
 
 
 def _make_noise(
-    embeds: torch.Tensor,
-    attention_mask: Optional[torch.Tensor],
-    alpha: float,
-    distribution: str,
-    scaling: str,
-    position_ids: Optional[torch.Tensor],
-    generator: Optional[torch.Generator],
+    embeds: torch.Tensor, attention_mask: Optional[torch.Tensor], alpha: float, distribution: str,
+    scaling: str, position_ids: Optional[torch.Tensor], generator: Optional[torch.Generator],
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Float32 noise of embeds' shape, plus the (B, T) real-token mask (None = all real)."""
     if embeds.dim() != 3 or not embeds.is_floating_point():
@@ -83,7 +59,11 @@ def _make_noise(
     if generator is not None and generator.device.type != embeds.device.type:
         raise ValueError(f"generator is on {generator.device} but embeds are on {embeds.device}")
     B, T, d = embeds.shape
-    real = _real_mask(embeds, attention_mask)
+    real = None  # (B, T) float32 mask of real tokens; None means all real
+    if attention_mask is not None:
+        if tuple(attention_mask.shape) != (B, T):
+            raise ValueError(f"attention_mask must have shape (B, T) = {(B, T)}, got {tuple(attention_mask.shape)}")
+        real = (attention_mask != 0).to(device=embeds.device, dtype=torch.float32)
     if position_ids is not None:
         if position_ids.dim() == 1:
             position_ids = position_ids.unsqueeze(0)
@@ -92,33 +72,28 @@ def _make_noise(
         position_ids = position_ids.to(embeds.device).expand(B, T)
 
     # float32 draw so bf16/fp16 embeddings get properly distributed noise before the cast.
+    noise = torch.empty(embeds.shape, device=embeds.device, dtype=torch.float32)
     if distribution == "uniform":
-        noise = torch.rand(embeds.shape, generator=generator, device=embeds.device, dtype=torch.float32)
-        noise.mul_(2.0).sub_(1.0)
+        noise.uniform_(-1.0, 1.0, generator=generator)
     else:
-        noise = torch.randn(embeds.shape, generator=generator, device=embeds.device, dtype=torch.float32)
-
+        noise.normal_(generator=generator)
     if scaling == "padded" or (real is None and position_ids is None):
-        noise.mul_(alpha / math.sqrt(T * d))
-    else:
-        ones = torch.ones(B, T, device=embeds.device, dtype=torch.float32)
-        lengths = _token_lengths(real if real is not None else ones, position_ids)
-        scale = lengths.mul_(d).rsqrt_().mul_(alpha)
-        if real is not None:
-            scale.mul_(real)
-        noise.mul_(scale.unsqueeze(-1))
+        return noise.mul_(alpha / math.sqrt(T * d)), real
+
+    counted = real if real is not None else torch.ones(B, T, device=embeds.device)
+    lengths = counted.sum(1, keepdim=True) if position_ids is None else _segment_lengths(counted, position_ids)
+    # All-pad rows/segments get zero noise through the mask; clamping only avoids 0/0.
+    scale = lengths.clamp_min(1.0).mul_(d).rsqrt_().mul_(alpha)
+    if real is not None:
+        scale = scale * real
+    noise.mul_(scale.expand(B, T).unsqueeze(-1))
     return noise, real
 
 
 def add_neftune_noise(
-    embeds: torch.Tensor,
-    attention_mask: Optional[torch.Tensor],
-    alpha: float,
-    *,
-    distribution: str = "uniform",
-    scaling: str = "per_example",
-    position_ids: Optional[torch.Tensor] = None,
-    generator: Optional[torch.Generator] = None,
+    embeds: torch.Tensor, attention_mask: Optional[torch.Tensor], alpha: float, *,
+    distribution: str = "uniform", scaling: str = "per_example",
+    position_ids: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
 ) -> torch.Tensor:
     """Return a new tensor ``embeds + noise`` (the input is not modified).
 
@@ -129,8 +104,7 @@ def add_neftune_noise(
     or, with ``distribution="gaussian"``, N(0, 1) (E||noise||^2 = alpha^2, i.e. a norm
     about sqrt(3) times the uniform one at the same alpha).
     """
-    alpha = _check_alpha(alpha)
-    _check_options(distribution, scaling)
+    alpha = _check_args(alpha, distribution, scaling)
     if alpha == 0.0:
         return embeds.clone()
     noise, _ = _make_noise(embeds, attention_mask, alpha, distribution, scaling, position_ids, generator)
@@ -238,14 +212,8 @@ def _check_attachable(top: nn.Module, emb: nn.Module) -> None:
 
 @contextlib.contextmanager
 def neftune(
-    model: nn.Module,
-    alpha: float,
-    *,
-    distribution: str = "uniform",
-    scaling: str = "per_example",
-    generator: Optional[torch.Generator] = None,
-    seed: Optional[int] = None,
-    log_ratio: bool = True,
+    model: nn.Module, alpha: float, *, distribution: str = "uniform", scaling: str = "per_example",
+    generator: Optional[torch.Generator] = None, seed: Optional[int] = None, log_ratio: bool = True,
 ) -> Iterator[NEFTuneHandle]:
     """Add NEFTune noise to ``model``'s input embeddings (train mode only) inside the block.
 
@@ -253,8 +221,7 @@ def neftune(
     stay clean and packed sequences use their own lengths. Noise comes from ``generator``
     (default: a new one seeded with ``seed``, default 0), never from the global RNG.
     """
-    alpha = _check_alpha(alpha)
-    _check_options(distribution, scaling)
+    alpha = _check_args(alpha, distribution, scaling)
     if generator is not None and seed is not None:
         raise ValueError("pass either generator or seed, not both")
     top = _unwrap(model)
@@ -305,8 +272,7 @@ def _build_callback_class() -> type:
         """
 
         def __init__(self, alpha: float, **options: Any) -> None:
-            self.alpha = _check_alpha(alpha)
-            _check_options(options.get("distribution", "uniform"), options.get("scaling", "per_example"))
+            self.alpha = _check_args(alpha, options.get("distribution", "uniform"), options.get("scaling", "per_example"))
             self.options = options
             self.handle: Optional[NEFTuneHandle] = None
             self._stack: Optional[contextlib.ExitStack] = None

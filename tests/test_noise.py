@@ -348,6 +348,25 @@ def test_peft_lora_and_gradient_checkpointing(checkpointing: bool) -> None:
     assert before == (dict(emb._forward_hooks), dict(peft_model._forward_hooks), dict(peft_model._forward_pre_hooks))
 
 
+def test_qlora_4bit_model(tmp_path) -> None:
+    pytest.importorskip("bitsandbytes")
+    from peft import LoraConfig, get_peft_model
+    from transformers import BitsAndBytesConfig, LlamaForCausalLM
+
+    tiny_llama().save_pretrained(tmp_path)
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    base = LlamaForCausalLM.from_pretrained(tmp_path, quantization_config=quant, device_map={"": "cpu"})
+    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).train()
+    ids, mask = batch()
+    with neftune(peft_model, ALPHA) as h:
+        cap = Capture(peft_model.get_input_embeddings())
+        peft_model(input_ids=ids, attention_mask=mask, labels=ids).loss.backward()
+        cap.handle.remove()
+    n = cap.noise()
+    assert torch.count_nonzero(n[mask == 0]) == 0 and (n[mask == 1].abs().sum(-1) > 0).all()
+    assert h.last_ratio > 0 and no_hooks(peft_model, peft_model.get_input_embeddings())
+
+
 # --- Trainer callback ----------------------------------------------------------------------------
 
 
@@ -384,10 +403,14 @@ def test_callback_in_trainer(tmp_path) -> None:
         assert (noise[ids != 0].abs().sum(-1) > 0).all()
 
 
-def test_callback_refuses_builtin_alpha(model) -> None:
+def test_callback_seeding_and_refusal(model) -> None:
     from neftlib.noise import NEFTuneCallback
 
     cb = NEFTuneCallback(ALPHA)
+    cb.on_train_begin(SimpleNamespace(seed=7, process_index=3), None, None, model=model)
+    assert cb.handle.generator.initial_seed() == noise_seed(7, 3)
+    cb.on_train_end(None, None, None)
+    cb.close()  # idempotent
     with pytest.raises(RuntimeError, match="stack"):
         cb.on_train_begin(SimpleNamespace(neftune_noise_alpha=5.0, seed=0, process_index=0), None, None, model=model)
     with pytest.raises(ValueError, match="alpha"):
