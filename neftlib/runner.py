@@ -1,6 +1,7 @@
 """Runs the numbered notebooks in order with papermill, each in a fresh kernel."""
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -8,6 +9,7 @@ from typing import Any
 from neftlib.config import load_config
 from neftlib.io import is_done
 from neftlib.paths import NOTEBOOKS_DIR, run_dir
+from neftlib.stages import check_same_config
 
 NOTEBOOKS = ("01_data_prep", "02_noisy_training", "03_qlora_variant", "04_evaluation", "05_overfitting_and_length")
 STAGE_OUTPUTS = {"01_data_prep": "data", "02_noisy_training": "train", "03_qlora_variant": "qlora",
@@ -44,6 +46,8 @@ def run_pipeline(profile: str, run: str = "", *, seed: int | None = None, alpha:
 
     cfg = load_config(profile, run=run or None, seed=seed, alpha=alpha)  # fail fast on bad input
     folder = run_dir(cfg.run_name)
+    if not force:
+        check_same_config(cfg)
     if force and folder.exists():
         # Forcing keeps the earlier run: it is moved aside, never deleted.
         kept = folder.with_name(f"{folder.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -68,8 +72,10 @@ def run_pipeline(profile: str, run: str = "", *, seed: int | None = None, alpha:
         print(f"[{i}/{len(names)}] {name} ...", flush=True)
         t0 = time.perf_counter()
         try:
+            # The kernel's own output (tqdm bars of training, generation, judging) streams to the terminal.
+            stream = {"log_output": True, "stdout_file": sys.stdout, "stderr_file": sys.stderr} if progress else {}
             pm.execute_notebook(str(source), str(target), parameters=params, kernel_name="python3",
-                                progress_bar=progress, cwd=str(NOTEBOOKS_DIR))
+                                progress_bar=False, cwd=str(NOTEBOOKS_DIR), **stream)
         except pm.PapermillExecutionError as err:
             raise _failure(target, name, err) from None
         print(f"[{i}/{len(names)}] {name}: done in {time.perf_counter() - t0:.0f} s", flush=True)

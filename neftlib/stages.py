@@ -17,20 +17,27 @@ def start_run(profile: str, run: str = "", seed: int | None = None, alpha: float
               force: bool = False, **overrides: Any) -> RunConfig:
     """The run's config; writes config.json and env.json, refusing to mix with a different earlier run."""
     cfg = load_config(profile, run=run or None, seed=seed, alpha=alpha, **overrides)
+    if not force:
+        check_same_config(cfg)
     folder = run_dir(cfg.run_name)
-    saved = folder / "config.json"
-    if saved.exists() and not force:
-        old = config_from_json(saved)
-        changed = sorted(k for k, v in cfg.to_dict().items() if old.to_dict().get(k) != v)
-        if changed:
-            raise FileExistsError(
-                f"{folder} holds an earlier run with different settings ({', '.join(changed)}); "
-                "choose another run name (RUN / --run) or pass force to overwrite it"
-            )
     folder.mkdir(parents=True, exist_ok=True)
-    cfg.save(saved)
+    cfg.save(folder / "config.json")
     write_json(folder / "env.json", environment())
     return cfg
+
+
+def check_same_config(cfg: RunConfig) -> None:
+    """Refuse to add to an earlier run made with other settings: its results would be mixed or lost."""
+    folder = run_dir(cfg.run_name)
+    if not (folder / "config.json").exists():
+        return
+    old = config_from_json(folder / "config.json").to_dict()
+    changed = sorted(k for k, v in cfg.to_dict().items() if old.get(k) != v)
+    if changed:
+        raise FileExistsError(
+            f"{folder} holds an earlier run with different settings ({', '.join(changed)}); "
+            "choose another run name (RUN / --run) or pass --force to move the earlier run aside"
+        )
 
 
 def stage_dir(cfg: RunConfig, name: str) -> Path:

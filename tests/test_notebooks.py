@@ -1,0 +1,124 @@
+"""The notebooks are thin and clean, and the whole pipeline runs in the smoke profile under papermill."""
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from neftlib.runner import NOTEBOOKS
+
+PROJ = Path(__file__).resolve().parents[1]
+PATHS = [PROJ / "notebooks" / f"{name}.ipynb" for name in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("path", PATHS, ids=NOTEBOOKS)
+def test_notebook_is_clean_and_thin(path):
+    nb = json.loads(path.read_text())
+    cells = nb["cells"]
+    assert cells[0]["cell_type"] == "markdown" and "Reproduces" in "".join(cells[0]["source"])
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert not any(c.get("outputs") or c.get("execution_count") for c in code), "outputs committed"
+    tagged = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1 and tagged[0] is code[0], "exactly one parameters cell, the first code cell"
+    for cell in code:
+        tree = ast.parse("".join(cell["source"]))
+        assert not any(isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)) for n in ast.walk(tree))
+    params = ast.parse("".join(tagged[0]["source"]))
+    assert all(isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant) for n in params.body), "literals only"
+
+
+def _run(args, env, timeout=900):
+    return subprocess.run([sys.executable, "-m", "neftlib", "run", *args], cwd=PROJ, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """One full smoke-profile pipeline run, shared by the assertions below."""
+    root = tmp_path_factory.mktemp("pipeline")
+    env = {**os.environ, "NEFTLIB_RESULTS_DIR": str(root / "results"), "NEFTLIB_FIGURES_DIR": str(root / "figures")}
+    proc = _run(["--profile", "smoke"], env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root, env, proc
+
+
+def test_pipeline_writes_every_stage(smoke_run):
+    root, _, _ = smoke_run
+    run = root / "results" / "smoke"
+    cfg = json.loads((run / "config.json").read_text())
+    env = json.loads((run / "env.json").read_text())
+    assert cfg["profile"] == "smoke" and env["packages"]["torch"] and env["device"] == "cpu"
+    assert sorted(p.name for p in (run / "notebooks").glob("*.ipynb")) == [f"{n}.ipynb" for n in NOTEBOOKS]
+    report = json.loads((run / "data" / "report.json").read_text())
+    assert report["train_examples"] > 0 and report["eval_prompts"] == cfg["eval_limit"]
+
+    train = pd.read_csv(run / "train" / "summary.csv")
+    assert list(train["arm"]) == ["baseline", "neftune", "gaussian"]
+    assert list(train["alpha"]) == [0.0, cfg["alpha"], cfg["alpha"]]
+    assert (train["steps"] == cfg["max_steps"]).all() and train["train_nonoise_loss"].notna().all()
+    logs = pd.concat(pd.read_csv(p) for p in (run / "train").glob("*/log.csv"))
+    assert (logs.groupby("arm")["noise_ratio"].max()["baseline"] == 0) and (logs[logs.arm == "neftune"].noise_ratio > 0).all()
+
+    qlora = pd.read_csv(run / "qlora" / "summary.csv")
+    assert list(qlora["method"]) == ["qlora", "qlora"] and (qlora["trainable_params"] < qlora["total_params"]).all()
+
+    wins = pd.read_csv(run / "eval" / "winrates.csv")
+    assert len(wins) == 5 and wins["win_rate"].between(0, 100).all()
+    assert (wins["ci_low"] <= wins["win_rate"]).all() and (wins["win_rate"] <= wins["ci_high"]).all()
+    outputs = json.loads((run / "eval" / "train-neftune" / "model_outputs.json").read_text())
+    assert len(outputs) == cfg["eval_limit"] and set(outputs[0]) == {"instruction", "output", "generator", "dataset"}
+
+    over = pd.read_csv(run / "analysis" / "overfitting.csv")
+    assert len(over) == 5 and over["heldout_loss"].notna().all() and over["rouge_l"].between(0, 100).all()
+    assert len(pd.read_csv(run / "analysis" / "diversity.csv")) == 5
+    figures = {p.name for p in (root / "figures" / "smoke").glob("*.png")}
+    assert figures >= {"token_lengths.png", "loss_train.png", "loss_qlora.png", "win_rates.png",
+                       "overfitting.png", "length_diversity.png"}
+
+
+def test_rerun_skips_complete_stages(smoke_run):
+    _, env, _ = smoke_run
+    proc = _run(["--profile", "smoke"], env)
+    assert proc.returncode == 0 and proc.stdout.count("outputs complete, skipped") == len(NOTEBOOKS)
+
+
+def test_different_settings_never_overwrite_an_earlier_run(smoke_run):
+    root, env, _ = smoke_run
+    before = (root / "results" / "smoke" / "train" / "summary.csv").read_text()
+    proc = _run(["--profile", "smoke", "--alpha", "9", "--only", "01"], env)
+    assert proc.returncode == 2
+    assert "different settings (alpha)" in proc.stderr and "Traceback" not in proc.stderr
+    assert (root / "results" / "smoke" / "train" / "summary.csv").read_text() == before
+
+
+def test_failing_notebook_named_with_cell_and_copy_kept(tmp_path):
+    env = {**os.environ, "NEFTLIB_RESULTS_DIR": str(tmp_path / "r"), "NEFTLIB_FIGURES_DIR": str(tmp_path / "f"),
+           "NEFTLIB_DATA_DIR": str(tmp_path / "missing")}
+    proc = _run(["--profile", "smoke", "--only", "01"], env, timeout=300)
+    assert proc.returncode == 2
+    assert "notebook 01_data_prep failed in cell" in proc.stderr and "NEFTLIB_DATA_DIR" in proc.stderr
+    kept = tmp_path / "r" / "smoke" / "notebooks" / "01_data_prep.ipynb"
+    assert kept.exists() and "NEFTLIB_DATA_DIR" in kept.read_text()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--profile", "nope"], "unknown profile 'nope'"),
+    (["--profile", "smoke", "--alpha", "-1"], "alpha must be a finite number"),
+    (["--profile", "smoke", "--only", "07"], "unknown notebook"),
+])
+def test_bad_input_refused_before_running(tmp_path, args, message):
+    env = {**os.environ, "NEFTLIB_RESULTS_DIR": str(tmp_path / "r")}
+    proc = _run(args, env, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r" / "smoke" / "notebooks").exists()
+
+
+def test_unknown_notebook_parameter_is_refused():
+    from neftlib.runner import check_parameters
+
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['APLHA'\].*takes PROFILE"):
+        check_parameters(PATHS[0], {"PROFILE": "smoke", "APLHA": 5})
