@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from neftlib import sources
 from neftlib.io import read_json, read_jsonl
 from neftlib.paths import MINI_EVAL, MINI_TRAIN, data_dir
 
@@ -36,11 +37,13 @@ class DataReport:
     """What happened to the rows: nothing disappears without a count and a reason."""
 
     source: str
-    rows_read: int = 0
-    rows_used: int = 0
+    rows_read: int = 0  # rows in the file or hub split (ShareGPT: conversations)
+    rows_used: int = 0  # examples kept after the row limit
     dropped: dict[str, int] = field(default_factory=dict)
     truncated: int = 0  # examples cut to max_length
     longer_than_512: int = 0  # examples whose full tokenized length exceeds the paper's 512
+    schema: str = ""  # "alpaca", "evol", "platypus" or "sharegpt" (train with prompt_format="vicuna")
+    examples: int = 0  # examples built before the limit (ShareGPT: several per conversation)
 
     def drop(self, reason: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
@@ -53,71 +56,73 @@ def _read_rows(path: Path) -> list[dict]:
     if suffix == ".parquet":
         import pandas as pd
 
-        return pd.read_parquet(path).to_dict("records")
+        # Nested columns (ShareGPT turns) come back as numpy arrays; JSON-shaped Python objects are wanted.
+        return [_plain(row) for row in pd.read_parquet(path).to_dict("records")]
     rows = read_json(path)
     if not isinstance(rows, list):
         raise ValueError(f"{path}: expected a JSON list of rows, got {type(rows).__name__}")
     return rows
 
 
+def _plain(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
 def validate_row(row: Any, index: int, path: Path | str) -> dict[str, str]:
     """An Alpaca-schema row (instruction, optional input, output), or a ValueError naming file, row and field."""
-    if not isinstance(row, dict):
-        raise ValueError(f"{path}: row {index} is a {type(row).__name__}, expected an object with instruction/input/output")
-    if "conversations" in row:
-        raise ValueError(f"{path}: row {index} is a conversation (ShareGPT schema); this loader takes Alpaca rows")
-    out = {}
-    for name, required in (("instruction", True), ("input", False), ("output", True)):
-        value = row.get(name, None if required else "")
-        if value is None and not required:
-            value = ""
-        if value is None:
-            raise ValueError(f"{path}: row {index}: missing field {name!r} (Alpaca rows need instruction and output)")
-        if not isinstance(value, str):
-            raise ValueError(f"{path}: row {index}: field {name!r} is {type(value).__name__}, expected a string")
-        out[name] = value
-    if not out["instruction"].strip():
-        raise ValueError(f"{path}: row {index}: field 'instruction' is empty")
-    if not out["output"].strip():
-        raise ValueError(f"{path}: row {index}: field 'output' is empty (nothing to learn)")
-    return out
+    return sources.alpaca_row(row, index, path)
+
+
+def _local_file(key: str) -> Path | None:
+    root = data_dir()
+    found = [root / name for name in sources.local_candidates(key)] if root is not None else []
+    return next((p for p in found if p.exists()), None)
 
 
 def resolve_train_source(name: str) -> Path:
-    """The file behind a training-data name: 'mini', 'alpaca', 'auto' or a path."""
+    """The local file behind a training-data name: 'mini', 'auto', a source name (sources.SOURCES) or a path.
+
+    A source name without a local copy raises FileNotFoundError (load_instructions then tries the hub);
+    'mini' and 'auto' always resolve ('auto': the local Alpaca file, else the mini set).
+    """
     if name == "mini":
         return MINI_TRAIN
-    if name in ("alpaca", "auto"):
-        root = data_dir()
-        for candidate in ("alpaca_data.json", "alpaca_5000.json"):
-            if root is not None and (root / candidate).exists():
-                return root / candidate
-        if name == "auto":
-            return MINI_TRAIN
-        raise FileNotFoundError(
-            "train_data='alpaca' needs alpaca_data.json or alpaca_5000.json in NEFTLIB_DATA_DIR "
-            f"(now {str(root) if root else 'unset'}); set NEFTLIB_DATA_DIR, or use train_data='mini'"
-        )
+    if name == "auto":
+        return _local_file("alpaca") or MINI_TRAIN
+    key = sources.source_key(name)
+    if key is not None:
+        found = _local_file(key)
+        if found is None:
+            raise FileNotFoundError(sources.missing_message(key, data_dir()))
+        return found
     path = Path(name).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"train_data={name!r}: no such file; use 'mini', 'alpaca', 'auto' or a path")
+        raise FileNotFoundError(
+            f"train_data={name!r}: no such file; use 'mini', 'auto', one of {', '.join(sources.SOURCES)} or a path")
     return path
 
 
 def load_instructions(source: str, *, seed: int = 0, limit: int | None = None,
                       drop_bad: bool = False) -> tuple[list[dict[str, str]], DataReport]:
-    """Validated Alpaca-schema rows after a seeded shuffle and an optional row limit."""
-    path = resolve_train_source(source)
-    raw = _read_rows(path)
-    report = DataReport(source=str(path), rows_read=len(raw))
-    rows = []
-    for i, row in enumerate(raw):
-        try:
-            rows.append(validate_row(row, i, path))
-        except ValueError as err:
-            if not drop_bad:
-                raise
-            report.drop(str(err).split(": ", 2)[-1])
+    """{instruction, input, output} rows of any of the paper's schemas, after a seeded shuffle and a row limit.
+
+    A source name reads its file in NEFTLIB_DATA_DIR, else the hub's train split (FileNotFoundError offline).
+    """
+    key = sources.source_key(source)
+    if key is not None and _local_file(key) is None:
+        raw, origin = sources.hub_rows(key, data_dir()), f"hub:{sources.SOURCES[key].hub_id}"
+    else:
+        path = resolve_train_source(source)
+        raw, origin = _read_rows(path), str(path)
+    report = DataReport(source=origin, rows_read=len(raw))
+    report.schema, rows = sources.convert_rows(raw, origin, drop_bad, report.drop)
+    report.examples = len(rows)
     random.Random(seed).shuffle(rows)
     if limit is not None:
         rows = rows[:limit]

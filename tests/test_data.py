@@ -94,7 +94,8 @@ def test_embedded_mini_set_is_valid():
     assert len(evals) >= 50 and not {e["instruction"] for e in evals} & {r["instruction"] for r in rows}
 
 
-def test_auto_falls_back_to_mini_without_real_data(no_real_data):
+def test_auto_falls_back_to_mini_without_real_data(no_real_data, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # 'alpaca' would otherwise try the hub
     rows, source = load_eval_set("auto", limit=5)
     assert source == str(MINI_EVAL) and len(rows) == 5
     _, report = load_instructions("auto", limit=3)

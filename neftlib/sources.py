@@ -1,0 +1,233 @@
+"""The paper's four instruction sets: where each lives (local file or hub) and its schema's conversion to
+{instruction, input, output} rows. See docs/datasets.md for the facts behind each entry."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+Row = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Source:
+    """One training set of the paper: its hub copy and the file names looked for in NEFTLIB_DATA_DIR."""
+
+    hub_id: str
+    files: tuple[str, ...]  # local names tried first, in order; "<name>.json/.jsonl/.parquet" are tried after
+    data_files: str | None = None  # hub repos holding several files of different schemas need one named
+    prompt_format: str = "alpaca"  # the format the paper trained this set with
+
+
+SOURCES: dict[str, Source] = {
+    "alpaca": Source("tatsu-lab/alpaca", ("alpaca_data.json", "alpaca_5000.json")),
+    "evol-instruct": Source("WizardLMTeam/WizardLM_evol_instruct_70k", ("alpaca_evol_instruct_70k.json",)),
+    "open-platypus": Source("garage-bAInd/Open-Platypus", ("open_platypus.parquet",)),
+    # The repo also holds raw HTML dumps and scripts; the cleaned, split V3 file is the Vicuna-style one.
+    "sharegpt": Source("anon8231489123/ShareGPT_Vicuna_unfiltered", ("ShareGPT_V3_unfiltered_cleaned_split.json",),
+                       data_files="ShareGPT_V3_unfiltered_cleaned_split.json", prompt_format="vicuna"),
+}
+# ShareGPT speaker names; FastChat's data uses human/gpt, other exports user/assistant.
+USER_ROLES = ("human", "user")
+ASSISTANT_ROLES = ("gpt", "assistant")
+
+
+class RowError(ValueError):
+    """Bad input: the message names file, row and field; `reason` is the short, stable form counted in reports."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _bad(path: Path | str, index: int, reason: str, hint: str = "") -> RowError:
+    return RowError(f"{path}: row {index}: {reason}{hint}", reason)
+
+
+def _seen(row: dict) -> str:
+    return f" (fields seen: {', '.join(map(str, row)) or 'none'})"
+
+
+def source_key(name: str) -> str | None:
+    """The registry name behind a training-data name ('Open_Platypus' -> 'open-platypus'), or None."""
+    key = name.strip().lower().replace("_", "-")
+    return key if key in SOURCES else None
+
+
+def local_candidates(key: str) -> tuple[str, ...]:
+    """File names looked for in NEFTLIB_DATA_DIR for a source, in order."""
+    return SOURCES[key].files + tuple(f"{key}.{ext}" for ext in ("json", "jsonl", "parquet"))
+
+
+def missing_message(key: str, root: Path | None, why: str = "") -> str:
+    """Which file to put where, for a source that has no local copy (and, when `why` says so, no hub)."""
+    spec = SOURCES[key]
+    names = ", ".join(local_candidates(key))
+    return (f"train_data={key!r}: {why + '; ' if why else ''}put one of {names} in NEFTLIB_DATA_DIR "
+            f"(now {str(root) if root else 'unset'}), e.g. the train split of the hub dataset {spec.hub_id} "
+            "saved on a machine with network; or use train_data='mini'")
+
+
+def _hub_disabled() -> bool:
+    flags = (os.environ.get(v, "") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(f.strip().lower() in ("1", "true", "yes", "on") for f in flags)
+
+
+def _unreachable_errors() -> tuple[type[BaseException], ...]:
+    # OSError covers ConnectionError, requests' errors and datasets' FileNotFound-based ones;
+    # huggingface_hub talks through httpx, whose transport errors are not OSErrors.
+    errors: list[type[BaseException]] = [OSError]
+    try:
+        import httpx
+
+        errors.append(httpx.TransportError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def hub_rows(key: str, root: Path | None) -> list[dict]:
+    """The train split of a source from the hub; FileNotFoundError naming the local file when the hub is off."""
+    spec = SOURCES[key]
+    if _hub_disabled():
+        raise FileNotFoundError(missing_message(key, root, "no local file and the hub is off (HF_HUB_OFFLINE)"))
+    import datasets
+
+    extra = {"data_files": spec.data_files} if spec.data_files else {}
+    try:
+        ds = datasets.load_dataset(spec.hub_id, split="train", **extra)
+    except _unreachable_errors() as err:
+        cause = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        why = f"no local file and {spec.hub_id} could not be loaded ({type(err).__name__}: {cause})"
+        raise FileNotFoundError(missing_message(key, root, why)) from None
+    return [dict(row) for row in ds]
+
+
+def detect_schema(rows: list[Any], path: Path | str) -> str:
+    """'alpaca', 'evol', 'platypus' or 'sharegpt', from the first row whose fields one of them knows."""
+    for row in rows:
+        if isinstance(row, dict):
+            if "conversations" in row:
+                return "sharegpt"
+            if "instruction" in row and "output" in row:
+                return "platypus" if "data_source" in row else "alpaca" if "input" in row else "evol"
+    if not rows:
+        raise ValueError(f"{path}: holds no rows")
+    first = rows[0]
+    seen = sorted(first) if isinstance(first, dict) else f"a {type(first).__name__}, not an object"
+    raise ValueError(f"{path}: row 0: unknown schema, fields seen: {seen}; expected instruction/input/output "
+                     "(Alpaca, Open-Platypus), instruction/output (Evol-Instruct) or conversations (ShareGPT)")
+
+
+def alpaca_row(row: Any, index: int, path: Path | str) -> Row:
+    """An instruction/(input)/output row (Alpaca, Evol-Instruct, Open-Platypus) as a Row, or RowError."""
+    if not isinstance(row, dict):
+        raise RowError(f"{path}: row {index} is a {type(row).__name__}, expected an object with "
+                       "instruction/input/output", "row is not an object")
+    if "conversations" in row:
+        raise RowError(f"{path}: row {index} is a conversation (ShareGPT schema) in a file of instruction rows",
+                       "conversation in a file of instruction rows")
+    out = {}
+    for name in ("instruction", "input", "output"):
+        value = row.get(name)
+        if value is None and name == "input":
+            value = ""  # Evol-Instruct has no input; some exports write null
+        if value is None:
+            raise _bad(path, index, f"missing field {name!r}", _seen(row))
+        if not isinstance(value, str):
+            raise _bad(path, index, f"field {name!r} is {type(value).__name__}", ", expected a string")
+        out[name] = value
+    if not out["instruction"].strip():
+        raise _bad(path, index, "field 'instruction' is empty")
+    if not out["output"].strip():
+        raise _bad(path, index, "field 'output' is empty", " (nothing to learn)")
+    return out
+
+
+def sharegpt_examples(row: Any, index: int, path: Path | str) -> tuple[list[Row], list[RowError], list[str]]:
+    """Single-turn examples of one conversation, the bad pairs, and the turns skipped by rule (docs/datasets.md).
+
+    Each human turn directly followed by a gpt turn becomes one example; the pair's earlier turns are not
+    carried along. Other turns are skipped and counted: a gpt turn with no human turn just before it
+    (e.g. a conversation that starts with gpt), a human turn with no gpt reply, and other speakers (system...).
+    """
+    if not isinstance(row, dict):
+        raise RowError(f"{path}: row {index} is a {type(row).__name__}, expected an object with conversations",
+                       "row is not an object")
+    turns = row.get("conversations")
+    if turns is None:
+        raise _bad(path, index, "missing field 'conversations'", _seen(row))
+    if not isinstance(turns, list):
+        raise _bad(path, index, f"field 'conversations' is {type(turns).__name__}", ", expected a list of turns")
+    if not turns:
+        raise _bad(path, index, "field 'conversations' is empty", " (nothing to learn)")
+    roles: list[str | None] = []  # "user", "assistant", or None for a turn that cannot take part in a pair
+    errors: list[RowError] = []
+    skipped: list[str] = []
+    for j, turn in enumerate(turns):
+        speaker = turn.get("from") if isinstance(turn, dict) else None
+        if not isinstance(speaker, str):
+            got = type(turn).__name__ if not isinstance(turn, dict) else _kind(speaker)
+            field = f"conversations[{j}]" if not isinstance(turn, dict) else f"conversations[{j}].from"
+            errors.append(_bad(path, index, f"field {field!r} is {got}", ", expected a turn with string from/value"))
+            roles.append(None)
+            continue
+        role = speaker.strip().lower()
+        if role in USER_ROLES or role in ASSISTANT_ROLES:
+            roles.append("user" if role in USER_ROLES else "assistant")
+        else:
+            skipped.append(f"sharegpt: turn from {role!r} skipped (not human/gpt)")
+            roles.append(None)
+    examples: list[Row] = []
+    j = 0
+    while j < len(turns):
+        if roles[j] == "user" and j + 1 < len(turns) and roles[j + 1] == "assistant":
+            # The pair's texts are checked only here, so a broken text costs one example and one count.
+            problems = [(k, _text_problem(turns[k].get("value"))) for k in (j, j + 1)]
+            k, problem = next(((k, p) for k, p in problems if p), (j, ""))
+            if problem:
+                errors.append(_bad(path, index, f"field 'conversations[{k}].value' is {problem}",
+                                   " (a human/gpt pair needs text on both sides)"))
+            else:
+                examples.append({"instruction": turns[j]["value"], "input": "", "output": turns[j + 1]["value"]})
+            j += 2
+            continue
+        if roles[j] == "assistant":
+            skipped.append("sharegpt: gpt turn without a human turn before it skipped")
+        elif roles[j] == "user":
+            skipped.append("sharegpt: human turn without a gpt reply skipped")
+        j += 1
+    return examples, errors, skipped
+
+
+def _kind(value: Any) -> str:
+    return "missing" if value is None else type(value).__name__
+
+
+def _text_problem(value: Any) -> str:
+    """'' for usable turn text, else what is wrong with it."""
+    if not isinstance(value, str):
+        return _kind(value)
+    return "" if value.strip() else "empty"
+
+
+def convert_rows(raw: list[Any], path: Path | str, drop_bad: bool,
+                 drop: Callable[[str], None]) -> tuple[str, list[Row]]:
+    """The file's schema and its rows as Rows; bad input raises unless drop_bad, and every drop is counted."""
+    schema = detect_schema(raw, path)
+    rows: list[Row] = []
+    for i, row in enumerate(raw):
+        try:
+            if schema == "sharegpt":
+                examples, errors, skipped = sharegpt_examples(row, i, path)
+            else:
+                examples, errors, skipped = [alpaca_row(row, i, path)], [], []
+        except RowError as err:
+            examples, errors, skipped = [], [err], []
+        if errors and not drop_bad:
+            raise errors[0]
+        for reason in [e.reason for e in errors] + skipped:
+            drop(reason)
+        rows += examples
+    return schema, rows
