@@ -13,7 +13,7 @@ DISTRIBUTIONS = ("uniform", "gaussian")
 SCALINGS = ("per_example", "padded")
 PRECISIONS = ("fp32", "bf16", "fp16")
 PROMPT_FORMATS = ("alpaca", "vicuna", "chat")
-JUDGES = ("local",)
+JUDGES = ("local", "openai")
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -34,7 +34,7 @@ class RunConfig:
     precision: str = "fp32"  # compute dtype: fp32 on CPU, bf16 on recent GPUs (the paper trains in bf16)
     gradient_checkpointing: bool = False  # trade compute for memory (7B)
     # --- data ---
-    train_data: str = "mini"  # "mini" (data/), "alpaca" (NEFTLIB_DATA_DIR or hub), "auto" (alpaca if present else mini), or a file
+    train_data: str = "mini"  # "mini" (data/), "alpaca", "evol-instruct", "open-platypus", "sharegpt" (NEFTLIB_DATA_DIR, else the hub), "auto" (local alpaca else mini), or a file
     train_limit: int | None = None  # rows kept after the seeded shuffle; None keeps all
     drop_bad_rows: bool = False  # drop (and count) malformed rows instead of stopping at the first
     heldout_limit: int = 32  # rows held out of the training set for the held-out loss (05)
@@ -64,8 +64,9 @@ class RunConfig:
     gen_max_new_tokens: int = 256  # answer length cap
     gen_batch_size: int = 16  # prompts per generate call (left-padded, sorted by length)
     repetition_penalty: float = 1.2  # the paper's decoding
-    judge: str = "local"  # "local": a transformers model judging from the log-probabilities of its two choices
-    judge_model: str = ""  # judge model; empty means the run's base model
+    judge: str = "local"  # "local" (a transformers model, from the log-probs of its two choices) or "openai" (NEFTLIB_JUDGE_* endpoint, e.g. GPT-4)
+    judge_model: str = ""  # judge model; empty means the run's base model (local) or NEFTLIB_JUDGE_MODEL (openai)
+    agreement_pairs: int = 0  # published GPT-4-judged pairs per model on which the judge's agreement is measured (0 = skip)
     overlap_limit: int = 16  # training prompts answered for ROUGE-L / BLEU (05)
     diversity_cutoff: int = 50  # whitespace tokens for the repetition / diversity table (paper: 50 for Alpaca)
 

@@ -33,6 +33,33 @@ def arm_outputs(cfg: RunConfig, stage: str, arm: str, folder: Path, rows: list[d
     return outputs
 
 
+def make_judge(cfg: RunConfig):
+    """The configured pairwise judge: a local transformers model, or an OpenAI-compatible endpoint."""
+    if cfg.judge == "openai":
+        from neftlib.judge_api import OpenAIJudge
+
+        return OpenAIJudge(model=cfg.judge_model or None)
+    name = cfg.judge_model or cfg.model
+    return LocalJudge(load_base(name, precision=cfg.precision), load_tokenizer(name), name=f"local:{name}")
+
+
+def measure_agreement(cfg: RunConfig, judge, progress: bool = True) -> dict:
+    """The judge's agreement with GPT-4 on published judged pairs (empty when there are none to use)."""
+    from neftlib.agreement import judge_agreement, published_pairs
+    from neftlib.paths import data_dir
+
+    out = stage_dir(cfg, "eval") / "judge_agreement.json"
+    if out.exists():
+        return read_json(out)
+    root = data_dir()
+    if cfg.agreement_pairs <= 0 or root is None or not (root / "alpaca_eval").is_dir():
+        return {}
+    pairs = published_pairs(root, limit_per_model=cfg.agreement_pairs, seed=cfg.seed)
+    result = judge_agreement(judge, pairs, cache_path=stage_dir(cfg, "eval") / "judge_cache.json", progress=progress)
+    write_json(out, result)
+    return result
+
+
 def evaluate(cfg: RunConfig, progress: bool = True) -> pd.DataFrame:
     """Win rate (with standard error and a bootstrap 95% interval) and length of every trained arm."""
     out = stage_dir(cfg, "eval")
@@ -45,9 +72,8 @@ def evaluate(cfg: RunConfig, progress: bool = True) -> pd.DataFrame:
         raise FileNotFoundError(f"no finished training arm under {stage_dir(cfg, 'train')}: run 02 (and 03) first")
     outputs = {(stage, arm): arm_outputs(cfg, stage, arm, folder, rows, tok, progress=progress)
                for stage, arm, folder in arms}
-    judge_name = cfg.judge_model or cfg.model
-    judge = LocalJudge(load_base(judge_name, precision=cfg.precision), load_tokenizer(judge_name),
-                       name=f"local:{judge_name}")
+    judge = make_judge(cfg)
+    agreement = measure_agreement(cfg, judge, progress)
     table = []
     for (stage, arm), outs in outputs.items():
         prefs = judge.judge([r["instruction"] for r in rows], [o["output"] for o in outs],
@@ -56,7 +82,9 @@ def evaluate(cfg: RunConfig, progress: bool = True) -> pd.DataFrame:
         stats = summarize_preferences(prefs, [len(o["output"]) for o in outs])
         low, high = bootstrap_ci(win_values(prefs), seed=cfg.seed)
         table.append({"run": cfg.run_name, "stage": stage, "arm": arm, "judge": judge.name, **stats,
-                      "ci_low": low, "ci_high": high})
+                      "ci_low": low, "ci_high": high,
+                      # printed beside every win rate: how often this judge sides with GPT-4
+                      "judge_agreement": agreement.get("agreement"), "agreement_n": agreement.get("n", 0)})
     write_csv(out / "winrates.csv", table)
     mark_done(out)
     return pd.DataFrame(table)

@@ -23,6 +23,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         gen_batch_size=6,
         overlap_limit=4,
         diversity_cutoff=5,
+        agreement_pairs=2,
     ),
     # The embedded SmolLM2-135M-Instruct at a scale a 2-core CPU does in about an hour (measured:
     # ~18 s per full fine-tuning step of 8 Alpaca examples). Scaled down from gpu-7b: real Alpaca
@@ -48,6 +49,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         gen_max_new_tokens=128,
         gen_batch_size=16,
         overlap_limit=16,
+        agreement_pairs=25,  # x 4 published models: how far to trust the 135M local judge
     ),
     # LLaMA-2-7B with the paper's settings (NEFTune code, experiment_code/README.md: lr 5e-5,
     # batch 4 x accumulation 8 x 4 GPUs = 128, sequence length 512; the paper: 3 epochs, alpha 5,
@@ -69,6 +71,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         gen_max_new_tokens=1024,
         gen_batch_size=32,
         overlap_limit=200,
+        agreement_pairs=200,
     ),
     # A 7B model in 4-bit NF4 with LoRA on one Colab GPU (T4: fp16, 15 GB). QLoRA defaults from
     # the QLoRA paper: r 64, LoRA alpha 16, dropout 0.1, LR 2e-4 over all linear layers.

@@ -69,6 +69,8 @@ def test_pipeline_writes_every_stage(smoke_run):
     wins = pd.read_csv(run / "eval" / "winrates.csv")
     assert len(wins) == 5 and wins["win_rate"].between(0, 100).all()
     assert (wins["ci_low"] <= wins["win_rate"]).all() and (wins["win_rate"] <= wins["ci_high"]).all()
+    if (run / "eval" / "judge_agreement.json").exists():  # real data present: agreement beside each win rate
+        assert wins["judge_agreement"].between(0, 1).all() and (wins["agreement_n"] > 0).all()
     outputs = json.loads((run / "eval" / "train-neftune" / "model_outputs.json").read_text())
     assert len(outputs) == cfg["eval_limit"] and set(outputs[0]) == {"instruction", "output", "generator", "dataset"}
 
