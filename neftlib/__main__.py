@@ -1,4 +1,4 @@
-"""Command line: `python -m neftlib run|winrate|analyze ...`."""
+"""Command line: `python -m neftlib run|train|winrate|analyze ...`."""
 from __future__ import annotations
 
 import argparse
@@ -19,6 +19,20 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--alpha", type=float, default=None, help="NEFTune alpha of the noised arms")
     run.add_argument("--only", nargs="+", default=None, help="notebook prefixes to run, e.g. 01 02")
     run.add_argument("--force", action="store_true", help="rerun everything; the earlier run is moved aside")
+    tr = sub.add_parser("train", help="prepare the data and train a stage's arms, no notebooks; runs as one "
+                        "process or under accelerate launch / torchrun (every rank runs this same command)")
+    tr.add_argument("--profile", default="cpu", help="smoke, cpu, gpu-7b or colab-qlora")
+    # --run-name: torchrun takes any --run... before the module's own arguments for its --run-path.
+    tr.add_argument("--run", "--run-name", dest="run", default="",
+                    help="results/<run>/ folder (default: the profile name); use --run-name under torchrun")
+    tr.add_argument("--seed", type=int, default=None)
+    tr.add_argument("--alpha", type=float, default=None, help="NEFTune alpha of the noised arms (paper: 5 for 7B, 15 for 70B)")
+    tr.add_argument("--stage", choices=("train", "qlora"), default="train",
+                    help="train: the profile's method (notebook 02); qlora: the QLoRA variant (notebook 03)")
+    tr.add_argument("--arm", nargs="+", default=None, help="arms to train (default: all arms of the stage)")
+    tr.add_argument("--grad-accum", type=int, default=None,
+                    help="micro-batches per optimizer step and process; effective batch = batch_size x this x processes")
+    tr.add_argument("--model", default=None, help="another model for the profile (hub id or local folder)")
     win = sub.add_parser("winrate", help="alpaca_eval metrics of an annotations file, as JSON")
     win.add_argument("annotations", type=Path)
     ana = sub.add_parser("analyze", help="length / repetition / log-diversity of model_outputs.json files")
@@ -36,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             folder = run_pipeline(args.profile, args.run, seed=args.seed, alpha=args.alpha, force=args.force,
                                   only=args.only)
             print(f"results in {folder}")
+        elif args.command == "train":
+            _train(args)
         elif args.command == "winrate":
             from neftlib.winrate import summarize_annotations
 
@@ -49,6 +65,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"neftlib {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _train(args: argparse.Namespace) -> None:
+    """start_run + prepare_data + train_arms; every rank of a launch runs this, the main one reports."""
+    from neftlib.stages import prepare_data, stage_dir, start_run, train_arms
+    from neftlib.train import process_state
+
+    cfg = start_run(args.profile, args.run, seed=args.seed, alpha=args.alpha, grad_accum=args.grad_accum,
+                    model=args.model)
+    prepare_data(cfg)
+    table = train_arms(cfg, args.stage, arms=args.arm)
+    if process_state().is_main_process:
+        for row in table.to_dict("records"):
+            # .get: arms finished by an earlier version have no world_size / effective_batch
+            print(f"{args.stage}/{row['arm']}: final loss {row['final_loss']:.4f} after {row['steps']} steps, "
+                  f"{row.get('world_size', 1)} process(es), effective batch {row.get('effective_batch', '?')}")
+        print(f"results in {stage_dir(cfg, args.stage)}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,13 @@
-"""The pipeline's stages, one function per notebook: each reads results/<run>/ and writes its own folder."""
+"""The pipeline's stages, one function per notebook: each reads results/<run>/ and writes its own folder.
+
+start_run, prepare_data and train_arms also run as every rank of `accelerate launch` / `torchrun`
+(`python -m neftlib train`): the main process writes, the other ranks wait at a barrier and then read.
+"""
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 
@@ -13,16 +17,27 @@ from neftlib.io import environment, is_done, mark_done, read_json, read_jsonl, w
 from neftlib.models import load_tokenizer
 from neftlib.paths import MINI_TRAIN, run_dir
 
+
+def _process_state():
+    from neftlib.train import process_state
+
+    return process_state()
+
+
 def start_run(profile: str, run: str = "", seed: int | None = None, alpha: float | None = None,
               force: bool = False, **overrides: Any) -> RunConfig:
     """The run's config; writes config.json and env.json, refusing to mix with a different earlier run."""
     cfg = load_config(profile, run=run or None, seed=seed, alpha=alpha, **overrides)
     if not force:
+        # Every rank checks: they read the same file, so they refuse together (none is left at a barrier).
         check_same_config(cfg)
-    folder = run_dir(cfg.run_name)
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg.save(folder / "config.json")
-    write_json(folder / "env.json", environment())
+    state = _process_state()
+    if state.is_main_process:
+        folder = run_dir(cfg.run_name)
+        folder.mkdir(parents=True, exist_ok=True)
+        cfg.save(folder / "config.json")
+        write_json(folder / "env.json", environment())
+    state.wait_for_everyone()
     return cfg
 
 
@@ -48,6 +63,12 @@ def stage_dir(cfg: RunConfig, name: str) -> Path:
 
 def prepare_data(cfg: RunConfig) -> dict[str, Any]:
     """Load, validate, split and tokenize the training data; pick the evaluation prompts."""
+    # Under a launcher the main process prepares; the others then find the stage done and read its report.
+    with _process_state().main_process_first():
+        return _prepare_data(cfg)
+
+
+def _prepare_data(cfg: RunConfig) -> dict[str, Any]:
     out = stage_dir(cfg, "data")
     if is_done(out):
         return read_json(out / "report.json")
@@ -93,12 +114,23 @@ def load_prepared(cfg: RunConfig, name: str) -> list[dict]:
 
 # ---------- 02 / 03: training ----------
 
-def train_arms(cfg: RunConfig, stage: str = "train") -> pd.DataFrame:
-    """Train every arm of the stage ('train': full / profile method, 'qlora': the QLoRA variant)."""
+def train_arms(cfg: RunConfig, stage: str = "train", arms: Sequence[str] | None = None) -> pd.DataFrame:
+    """Train the arms of the stage ('train': full / profile method, 'qlora': the QLoRA variant).
+
+    `arms`: a subset of the stage's arms (default all). The stage's summary.csv lists every finished
+    arm; its DONE marker is written once all of the stage's arms are done.
+    """
     from neftlib.train import train
 
+    if stage not in ("train", "qlora"):
+        raise ValueError(f"stage={stage!r} is not one of train, qlora")
     run_cfg = qlora_config(cfg) if stage == "qlora" else cfg
-    arms = run_cfg.qlora_arms if stage == "qlora" else run_cfg.arms
+    stage_arms = run_cfg.qlora_arms if stage == "qlora" else run_cfg.arms
+    chosen = tuple(arms) if arms else stage_arms
+    unknown = [a for a in chosen if a not in stage_arms]
+    if unknown:
+        raise ValueError(f"arm(s) {unknown} are not arms of the {stage!r} stage: choose from {', '.join(stage_arms)}")
+    state = _process_state()
     examples = load_prepared(cfg, "train")
     subsets = {"train_nonoise": examples[: cfg.loss_subset], "heldout": load_prepared(cfg, "heldout")}
     if load_prepared(cfg, "other"):
@@ -108,14 +140,20 @@ def train_arms(cfg: RunConfig, stage: str = "train") -> pd.DataFrame:
     pad_id = load_tokenizer(cfg.model).pad_token_id
     out = stage_dir(cfg, stage)
     summaries = []
-    for arm_name in arms:
+    for arm_name in chosen:
         arm = run_cfg.for_arm(arm_name)
         arm_dir = out / arm_name
-        arm_dir.mkdir(parents=True, exist_ok=True)
-        run_cfg.save(arm_dir / "config.json")
+        if state.is_main_process:
+            arm_dir.mkdir(parents=True, exist_ok=True)
+            run_cfg.save(arm_dir / "config.json")
         summaries.append(train(run_cfg, arm, examples, arm_dir, loss_examples=subsets, pad_id=pad_id))
-    write_csv(out / "summary.csv", summaries)
-    mark_done(out, arms=list(arms))
+    finished = [a for a in stage_arms if is_done(out / a)]
+    if state.is_main_process:
+        rows = summaries if chosen == stage_arms else [read_json(out / a / "summary.json") for a in finished]
+        write_csv(out / "summary.csv", rows)
+        if len(finished) == len(stage_arms):
+            mark_done(out, arms=list(stage_arms))
+    state.wait_for_everyone()
     return pd.DataFrame(summaries)
 
 

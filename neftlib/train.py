@@ -1,6 +1,11 @@
-"""One training function: full fine-tune, LoRA or QLoRA, with or without NEFTune, resumable and deterministic."""
+"""One training function: full fine-tune, LoRA or QLoRA, with or without NEFTune, resumable and deterministic.
+
+The same function runs as one process or as each rank of `accelerate launch` / `torchrun` (DDP, FSDP,
+DeepSpeed): only the main process writes files, every rank reads the checkpoint it resumes from.
+"""
 from __future__ import annotations
 
+import hashlib
 import math
 import shutil
 import tempfile
@@ -33,13 +38,17 @@ def estimate_training_bytes(cfg: RunConfig) -> int:
     return int(n * weight_bytes * 1.1)  # adapters are ~1% of the model
 
 
-def check_fits(cfg: RunConfig) -> None:
-    """Refuse before loading anything when the run clearly cannot fit the device's memory."""
+def check_fits(cfg: RunConfig, device: torch.device | None = None, shards: int = 1) -> None:
+    """Refuse before loading anything when the run clearly cannot fit the device's memory.
+
+    `shards`: processes the weights and optimizer states are split over (FSDP); `device`: this rank's GPU.
+    """
     import psutil
 
-    need = estimate_training_bytes(cfg)
+    need = estimate_training_bytes(cfg) // max(1, shards)
     if torch.cuda.is_available():
-        have = torch.cuda.mem_get_info()[0]
+        # This rank's own GPU: asking the default one would open a context on GPU 0 from every rank.
+        have = torch.cuda.mem_get_info(device if device is not None and device.type == "cuda" else None)[0]
         where = "GPU"
     else:
         have = psutil.virtual_memory().available
@@ -51,6 +60,69 @@ def check_fits(cfg: RunConfig) -> None:
         )
 
 
+def process_state():
+    """accelerate's view of this launch (rank, world size, barriers); a single process when not launched."""
+    from accelerate import PartialState
+
+    # Without cpu=True accelerate ignores a torchrun / accelerate-launch group on a machine without GPUs.
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def main_decides(value):
+    """Rank 0's `value` on every rank, so that all ranks take the same branch and meet at the same barriers."""
+    from accelerate.utils import broadcast_object_list
+
+    process_state()  # broadcast_object_list asks PartialState() without cpu=True: initialise it first
+    return broadcast_object_list([value])[0]
+
+
+def _sharded(accelerator) -> bool:
+    """FSDP / DeepSpeed split weights and optimizer states over ranks: no rank can save them alone."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def _is_deepspeed(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def _digest(state: torch.Tensor) -> str:
+    """Short fingerprint of a generator state: equal states, equal noise to come."""
+    return hashlib.sha256(state.cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+def _rng_snapshot(handle, device: torch.device) -> dict[str, torch.Tensor]:
+    """This rank's random state: global torch RNG (dropout), CUDA RNG, and the NEFTune noise generator."""
+    snap = {"torch": torch.get_rng_state(), "noise": handle.rng_state()}
+    if device.type == "cuda":
+        snap["cuda"] = torch.cuda.get_rng_state(device)
+    return snap
+
+
+def _check_world(state: dict, path: Path, world: int) -> None:
+    """A checkpoint resumes only with as many processes as wrote it (older checkpoints: one)."""
+    saved_world = state.get("world_size", 1)
+    if saved_world != world:
+        raise RuntimeError(
+            f"checkpoint {path} was written by {saved_world} process(es) but this launch has {world}: the data "
+            f"split and the noise streams depend on it. Relaunch with {saved_world} process(es), or delete {path} "
+            "to start this arm over."
+        )
+
+
+def _restore_rng(state: dict, handle, rank: int, device: torch.device) -> None:
+    """Give each rank back its own random state (older single-process checkpoints hold one)."""
+    snap = state["rng_by_rank"][rank] if "rng_by_rank" in state else {"torch": state["torch_rng"],
+                                                                      "noise": state["noise_rng"]}
+    torch.set_rng_state(snap["torch"])
+    handle.set_rng_state(snap["noise"])
+    if "cuda" in snap and device.type == "cuda":
+        torch.cuda.set_rng_state(snap["cuda"], device)
+
+
 def _checkpoints(out_dir: Path) -> list[Path]:
     found = [p for p in out_dir.glob(f"{CKPT_PREFIX}*") if p.is_dir() and p.name[len(CKPT_PREFIX):].isdigit()]
     return sorted(found, key=lambda p: int(p.name[len(CKPT_PREFIX):]))
@@ -60,24 +132,38 @@ def _trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _save_checkpoint(out_dir: Path, step: int, model, optimizer, scheduler, handle, log_rows: list[dict]) -> None:
-    """Written into a temp folder then renamed: a killed save leaves the previous checkpoint intact."""
-    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".ckpt."))
-    try:
-        torch.save({
-            "step": step,
-            "model": _trainable_state(model),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "noise_rng": handle.rng_state(),
-            "log": log_rows,
-        }, tmp / "state.pt")
-        tmp.rename(out_dir / f"{CKPT_PREFIX}{step}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    for old in _checkpoints(out_dir)[:-1]:
-        shutil.rmtree(old, ignore_errors=True)
+def _save_checkpoint(accelerator, out_dir: Path, step: int, model, optimizer, scheduler,
+                     rngs: list[dict], log_rows: list[dict]) -> None:
+    """Written into a temp folder then renamed: a killed save leaves the previous checkpoint intact.
+
+    Called on every rank. One process or DDP: the main process writes everything into state.pt (the
+    ranks' weights and optimizer states are identical). FSDP / DeepSpeed: every rank writes its shard
+    through accelerator.save_state, and state.pt keeps the step, the log and the ranks' RNG states.
+    """
+    sharded = _sharded(accelerator)
+    record = {"step": step, "log": log_rows, "world_size": accelerator.num_processes, "rng_by_rank": rngs,
+              # rank 0's states under the single-process names, as earlier checkpoints hold them
+              "torch_rng": rngs[0]["torch"], "noise_rng": rngs[0]["noise"]}
+    if sharded:
+        # Every rank must write into the same folder, so its name cannot be a random mkdtemp one.
+        tmp = out_dir / f".ckpt.{step}"
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if not sharded:
+            tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".ckpt."))
+            record |= {"model": _trainable_state(accelerator.unwrap_model(model)),
+                       "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        try:
+            torch.save(record, tmp / "state.pt")
+            tmp.rename(out_dir / f"{CKPT_PREFIX}{step}")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for old in _checkpoints(out_dir)[:-1]:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _load_checkpoint(path: Path) -> dict:
@@ -92,29 +178,43 @@ def _load_checkpoint(path: Path) -> dict:
 
 def train(cfg: RunConfig, arm: ArmConfig, examples: list[dict], out_dir: Path, *,
           loss_examples: dict[str, list[dict]] | None = None, pad_id: int, progress: bool = True) -> dict:
-    """Train one arm into `out_dir` (log.csv, model/, summary.json); resumes from its last checkpoint."""
+    """Train one arm into `out_dir` (log.csv, model/, summary.json); resumes from its last checkpoint.
+
+    Under a launcher each rank calls this with the same arguments: rank r trains on every world-th
+    batch with its own noise stream (seed noise_seed(cfg.seed, r)); the logged numbers are averaged
+    over ranks and only the main process writes.
+    """
     from accelerate import Accelerator
+    from accelerate.utils import gather_object
     from transformers import get_cosine_schedule_with_warmup
 
     out_dir = Path(out_dir)
-    if is_done(out_dir):
+    # Rank 0's view decides: a rank that returned here while others train would leave them waiting.
+    if main_decides(is_done(out_dir)):
         return read_json(out_dir / "summary.json")
     if not examples:
         raise ValueError(f"arm {arm.name!r}: the training set has no usable rows (see the data report of 01)")
-    check_fits(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    # The schedule below already counts optimizer steps per process: accelerate must not step it once
+    # per process (its default, made for a DataLoader it shards itself).
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False)
     rank, world = accelerator.process_index, accelerator.num_processes
+    deepspeed = _is_deepspeed(accelerator)
+    if not deepspeed:  # DeepSpeed's CPU offload makes a GPU-memory estimate meaningless
+        check_fits(cfg, accelerator.device, shards=world if _sharded(accelerator) else 1)
+    dev = accelerator.device
     model = load_model(cfg.model, method=cfg.method, precision=cfg.precision, lora_r=cfg.lora_r,
                        lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets,
-                       gradient_checkpointing=cfg.gradient_checkpointing)
+                       gradient_checkpointing=cfg.gradient_checkpointing,
+                       # a 4-bit base is placed at load time: on this rank's GPU, not every rank's GPU 0
+                       device=f"cuda:{dev.index or 0}" if dev.type == "cuda" else "cpu")
     model.config.use_cache = False
     trainable, total = count_parameters(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = _optimizer(accelerator, params, cfg)
 
     lengths = [len(e["input_ids"]) for e in examples]
     per_rank = len(batch_order(lengths, cfg.batch_size, cfg.seed, 0, False)) // world
@@ -123,28 +223,48 @@ def train(cfg: RunConfig, arm: ArmConfig, examples: list[dict], out_dir: Path, *
     steps_per_epoch = per_rank // cfg.grad_accum
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
+    if deepspeed:
+        # No DataLoader goes through prepare(): DeepSpeed takes the batch geometry from its config. Its
+        # engine accumulates cfg.grad_accum micro-batches itself and clips inside its step.
+        ds = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds.update(train_micro_batch_size_per_gpu=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+                  gradient_clipping=cfg.max_grad_norm)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # FSDP clips through the wrapped module, which accelerate recognises by its parameter list.
+    clip_params = list(model.parameters()) if _sharded(accelerator) and not deepspeed else params
 
     def micro_batch(index: int) -> list[dict]:
         epoch, within = divmod(index, per_rank)
         batches = batch_order(lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length)
         return [examples[i] for i in batches[rank::world][within]]
 
-    start, log_rows, state = 0, [], None
+    start, log_rows, state, ckpt = 0, [], None, None
     if _checkpoints(out_dir):
-        state = _load_checkpoint(_checkpoints(out_dir)[-1])
-        accelerator.unwrap_model(model).load_state_dict(state["model"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
+        ckpt = _checkpoints(out_dir)[-1]
+        state = _load_checkpoint(ckpt)
+        _check_world(state, ckpt, world)
+        if "model" in state:
+            # Every rank loads the same weights and optimizer state: DDP replicas stay identical.
+            accelerator.unwrap_model(model).load_state_dict(state["model"], strict=False)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        else:
+            accelerator.load_state(str(ckpt))  # FSDP / DeepSpeed: each rank reads its own shard
+            # FSDP's SHARDED_STATE_DICT came back without the Adam moments (accelerate 1.15, torch 2.11):
+            # refuse rather than resume with a silently reset optimizer.
+            if not deepspeed and len(optimizer.state) == 0:
+                raise RuntimeError(
+                    f"checkpoint {ckpt} restored no optimizer state; use fsdp_state_dict_type: FULL_STATE_DICT "
+                    "(configs/accelerate/fsdp_7b.yaml), and delete the checkpoint to start this arm over."
+                )
         start, log_rows = state["step"], state["log"]
 
     model.train()
+    seed = noise_seed(cfg.seed, rank)
     t_start = time.perf_counter()
-    with neftune(model, arm.alpha, distribution=arm.distribution, scaling=cfg.noise_scaling,
-                 seed=noise_seed(cfg.seed, rank)) as handle:
+    with neftune(model, arm.alpha, distribution=arm.distribution, scaling=cfg.noise_scaling, seed=seed) as handle:
         if state is not None:
-            handle.set_rng_state(state["noise_rng"])
+            _restore_rng(state, handle, rank, dev)
         bar = tqdm(range(start, total_steps), desc=f"train {arm.name}", disable=not progress or rank != 0,
                    initial=start, total=total_steps)
         for step in bar:
@@ -152,42 +272,56 @@ def train(cfg: RunConfig, arm: ArmConfig, examples: list[dict], out_dir: Path, *
             losses, tokens, ratios = [], 0, []
             for k in range(cfg.grad_accum):
                 batch = collate(micro_batch(step * cfg.grad_accum + k), pad_id)
-                batch = {key: v.to(accelerator.device) for key, v in batch.items()}
+                batch = {key: v.to(dev) for key, v in batch.items()}
                 sync = nullcontext() if k == cfg.grad_accum - 1 else accelerator.no_sync(model)
                 with sync:
                     loss = model(**batch).loss
-                    accelerator.backward(loss / cfg.grad_accum)
+                    # DeepSpeed divides by its gradient_accumulation_steps inside its backward.
+                    accelerator.backward(loss if deepspeed else loss / cfg.grad_accum)
                 losses.append(loss.item())
                 tokens += int(batch["attention_mask"].sum())
                 if handle.last_ratio is not None:
                     ratios.append(handle.last_ratio)
-            grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+            grad_norm = accelerator.clip_grad_norm_(clip_params, cfg.max_grad_norm)
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             dt = time.perf_counter() - t0
-            row = {"run": cfg.run_name, "arm": arm.name, "step": step + 1, "loss": sum(losses) / len(losses),
-                   "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tokens * world / dt,
-                   "noise_ratio": sum(ratios) / len(ratios) if ratios else 0.0, "step_s": dt}
+            # One row for the whole step: every rank's mean loss, tokens and noise ratio, gathered.
+            mine = torch.tensor([sum(losses) / len(losses), tokens, sum(ratios) / len(ratios) if ratios else 0.0,
+                                 float(bool(ratios))], dtype=torch.float64, device=dev)
+            ranks = accelerator.gather(mine).view(-1, 4)
+            noised = ranks[ranks[:, 3] > 0, 2]
+            row = {"run": cfg.run_name, "arm": arm.name, "step": step + 1, "loss": float(ranks[:, 0].mean()),
+                   "lr": lr, "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
+                   "tokens_per_s": float(ranks[:, 1].sum()) / dt,
+                   "noise_ratio": float(noised.mean()) if len(noised) else 0.0, "step_s": dt}
             log_rows.append(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}")
-            if (step + 1) % cfg.save_every == 0 and step + 1 < total_steps and accelerator.is_main_process:
-                _save_checkpoint(out_dir, step + 1, accelerator.unwrap_model(model), optimizer, scheduler,
-                                 handle, log_rows)
+            if (step + 1) % cfg.save_every == 0 and step + 1 < total_steps:
+                rngs = gather_object([_rng_snapshot(handle, dev)])  # a collective: every rank comes here
+                _save_checkpoint(accelerator, out_dir, step + 1, model, optimizer, scheduler, rngs, log_rows)
             accelerator.wait_for_everyone()
     wall = time.perf_counter() - t_start
 
     summary = {"run": cfg.run_name, "arm": arm.name, "alpha": arm.alpha, "distribution": arm.distribution,
                "method": cfg.method, "model": cfg.model, "steps": total_steps, "examples": len(examples),
                "trainable_params": trainable, "total_params": total, "train_wall_s": wall,
-               "final_loss": log_rows[-1]["loss"] if log_rows else None}
+               "final_loss": log_rows[-1]["loss"] if log_rows else None,
+               "world_size": world, "effective_batch": cfg.batch_size * cfg.grad_accum * world,
+               # Each rank's noise seed and its noise generator's final state: distinct across ranks,
+               # equal across identical runs (and across a resumed one).
+               "noise_seeds": gather_object([seed]), "noise_rng_sha256": gather_object([_digest(handle.rng_state())])}
+    # Every rank runs the noise-free losses in step (FSDP / DeepSpeed forwards are collectives); in
+    # eval mode they compute the same numbers.
+    for name, subset in (loss_examples or {}).items():
+        summary[f"{name}_loss"] = mean_loss(model, subset, pad_id, cfg.batch_size)
+    # FSDP / DeepSpeed gather the full weights on every rank; otherwise the main process saves alone.
+    full_state = accelerator.get_state_dict(model) if _sharded(accelerator) else None
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        for name, subset in (loss_examples or {}).items():
-            summary[f"{name}_loss"] = mean_loss(unwrapped, subset, pad_id, cfg.batch_size)
         write_csv(out_dir / "log.csv", log_rows)
-        _save_model(unwrapped, out_dir / "model")
+        _save_model(accelerator.unwrap_model(model), out_dir / "model", full_state)
         write_json(out_dir / "summary.json", summary)
         for old in _checkpoints(out_dir):
             shutil.rmtree(old, ignore_errors=True)
@@ -196,10 +330,22 @@ def train(cfg: RunConfig, arm: ArmConfig, examples: list[dict], out_dir: Path, *
     return summary
 
 
-def _save_model(model, target: Path) -> None:
+def _optimizer(accelerator, params: list, cfg: RunConfig) -> torch.optim.Optimizer:
+    """AdamW; DeepSpeed's CPU Adam when its config offloads the optimizer (torch's is refused there)."""
+    if _is_deepspeed(accelerator):
+        zero = accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
+        if zero.get("offload_optimizer", {}).get("device") in ("cpu", "nvme"):
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            return DeepSpeedCPUAdam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, adamw_mode=True)
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+def _save_model(model, target: Path, state_dict: dict | None = None) -> None:
+    """Atomic save_pretrained; `state_dict`: the full weights gathered from FSDP / DeepSpeed shards."""
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, **({} if state_dict is None else {"state_dict": state_dict}))
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)
