@@ -157,7 +157,13 @@ def qlora_config(cfg: RunConfig) -> RunConfig:
 
 
 def config_from_json(path: Path) -> RunConfig:
+    """The config an earlier run saved; a ValueError naming the file when it no longer fits RunConfig."""
     data = json.loads(Path(path).read_text())
     for key in ("lora_targets", "arms", "qlora_arms"):
-        data[key] = tuple(data[key])
-    return RunConfig(**data)
+        if isinstance(data.get(key), list):
+            data[key] = tuple(data[key])
+    try:
+        return RunConfig(**data)
+    except TypeError as err:
+        raise ValueError(f"{path} was written by another version of neftlib ({err}); "
+                         "use --run NEW_NAME, or --force to move that run aside") from None

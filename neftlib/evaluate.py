@@ -9,7 +9,7 @@ from neftlib.config import RunConfig, qlora_config
 from neftlib.generate import eval_prompts, generate_answers, model_outputs
 from neftlib.io import is_done, mark_done, read_json, write_csv, write_json
 from neftlib.judge import LocalJudge, annotations
-from neftlib.models import load_base, load_tokenizer
+from neftlib.models import load_base, load_tokenizer, on_best_device
 from neftlib.stages import stage_dir, trained_arms
 from neftlib.winrate import bootstrap_ci, summarize_preferences, win_values
 
@@ -40,7 +40,8 @@ def make_judge(cfg: RunConfig):
 
         return OpenAIJudge(model=cfg.judge_model or None)
     name = cfg.judge_model or cfg.model
-    return LocalJudge(load_base(name, precision=cfg.precision), load_tokenizer(name), name=f"local:{name}")
+    model = on_best_device(load_base(name, precision=cfg.precision))
+    return LocalJudge(model, load_tokenizer(name), name=f"local:{name}")
 
 
 def measure_agreement(cfg: RunConfig, judge, progress: bool = True) -> dict:

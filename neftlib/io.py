@@ -14,11 +14,24 @@ from typing import Any, Iterable
 from neftlib.paths import PROJ_ROOT
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish_dir(tmp: Path, target: Path) -> None:
+    """Give a finished temp folder (mkdtemp makes it 0700) normal permissions, then rename it into place."""
+    os.chmod(tmp, 0o777 & ~_umask())
+    tmp.rename(target)
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: results must stay readable by others
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from neftlib.io import publish_dir
 from neftlib.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def _materialize(target: Path, build) -> Path:
     try:
         build(tmp)
         try:
-            tmp.rename(target)
+            publish_dir(tmp, target)
         except OSError:
             if not target.exists():  # another process may have finished first; that copy is as good
                 raise
@@ -85,8 +86,10 @@ def _build_tiny(tmp: Path) -> None:
         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(tmp)
+    with torch.random.fork_rng():  # the same tiny model every time, without reseeding the caller
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
 
 
@@ -169,6 +172,13 @@ def load_model(name: str, *, method: str = "full", precision: str = "fp32", lora
             r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets,
             task_type="CAUSAL_LM",
         ))
+    return model
+
+
+def on_best_device(model):
+    """Move a model to the GPU when there is one (4-bit models are placed when loaded)."""
+    if torch.cuda.is_available() and not getattr(model, "is_loaded_in_4bit", False):
+        model = model.to("cuda")
     return model
 
 

@@ -33,7 +33,7 @@ def check_parameters(notebook: Path, parameters: dict[str, Any]) -> None:
 
 
 def _failure(nb_path: Path, name: str, err: Exception) -> PipelineError:
-    cell = getattr(err, "exec_count", None)
+    cell = getattr(err, "exec_count", None) or "?"
     ename, evalue = getattr(err, "ename", type(err).__name__), getattr(err, "evalue", str(err))
     return PipelineError(f"notebook {name} failed in cell [{cell}]: {ename}: {evalue} "
                          f"(executed copy with the error kept at {nb_path})")
@@ -48,6 +48,9 @@ def run_pipeline(profile: str, run: str = "", *, seed: int | None = None, alpha:
     folder = run_dir(cfg.run_name)
     if not force:
         check_same_config(cfg)
+    if force and only:
+        raise ValueError("--force moves the whole earlier run aside, so it cannot go with --only; "
+                         "use --force alone, or --run NEW_NAME for a fresh run")
     if force and folder.exists():
         # Forcing keeps the earlier run: it is moved aside, never deleted.
         kept = folder.with_name(f"{folder.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -46,8 +46,9 @@ def check_same_config(cfg: RunConfig) -> None:
     folder = run_dir(cfg.run_name)
     if not (folder / "config.json").exists():
         return
-    old = config_from_json(folder / "config.json").to_dict()
-    changed = sorted(k for k, v in cfg.to_dict().items() if old.get(k) != v)
+    old = config_from_json(folder / "config.json")
+    # `run` may be spelled out or left to default to the profile name: the folder is what counts.
+    changed = sorted(k for k, v in cfg.to_dict().items() if k != "run" and old.to_dict().get(k) != v)
     if changed:
         raise FileExistsError(
             f"{folder} holds an earlier run with different settings ({', '.join(changed)}); "

@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 
 from neftlib.batching import batch_order, collate, mean_loss
 from neftlib.config import ArmConfig, RunConfig
-from neftlib.io import is_done, mark_done, read_json, write_csv, write_json
-from neftlib.models import DTYPES, count_parameters, load_base, load_model, model_path
+from neftlib.io import is_done, mark_done, read_json, write_csv, write_json, publish_dir
+from neftlib.models import DTYPES, count_parameters, load_base, load_model, model_path, on_best_device
 from neftlib.noise import neftune, noise_seed
 
 CKPT_PREFIX = "checkpoint-"
@@ -34,7 +34,7 @@ def estimate_training_bytes(cfg: RunConfig) -> int:
         n = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
     weight_bytes = 0.55 if cfg.load_in_4bit else DTYPES[cfg.precision].itemsize
     if cfg.method == "full":
-        return int(n * (weight_bytes + 4 + 8))  # fp32 grads and two fp32 Adam moments
+        return int(n * weight_bytes * 4)  # weights, grads and torch AdamW's two moments, all in the weights' dtype
     return int(n * weight_bytes * 1.1)  # adapters are ~1% of the model
 
 
@@ -159,11 +159,24 @@ def _save_checkpoint(accelerator, out_dir: Path, step: int, model, optimizer, sc
                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
         try:
             torch.save(record, tmp / "state.pt")
-            tmp.rename(out_dir / f"{CKPT_PREFIX}{step}")
+            publish_dir(tmp, out_dir / f"{CKPT_PREFIX}{step}")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         for old in _checkpoints(out_dir)[:-1]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_trainable(model, weights: dict[str, torch.Tensor], ckpt: Path) -> None:
+    """Load a checkpoint's trainable weights, refusing one that does not match this model."""
+    expected = {n for n, p in model.named_parameters() if p.requires_grad}
+    missing, unexpected = expected - set(weights), set(weights) - expected
+    if missing or unexpected:
+        raise RuntimeError(
+            f"checkpoint {ckpt} does not match this model ({len(missing)} trainable weights missing, "
+            f"{len(unexpected)} unknown, e.g. {sorted(missing | unexpected)[:2]}); it was made with other "
+            f"settings: delete {ckpt} to start this arm over."
+        )
+    model.load_state_dict(weights, strict=False)  # frozen weights are not in a checkpoint
 
 
 def _load_checkpoint(path: Path) -> dict:
@@ -245,7 +258,7 @@ def train(cfg: RunConfig, arm: ArmConfig, examples: list[dict], out_dir: Path, *
         _check_world(state, ckpt, world)
         if "model" in state:
             # Every rank loads the same weights and optimizer state: DDP replicas stay identical.
-            accelerator.unwrap_model(model).load_state_dict(state["model"], strict=False)
+            _load_trainable(accelerator.unwrap_model(model), state["model"], ckpt)
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
         else:
@@ -323,9 +336,9 @@ def train(cfg: RunConfig, arm: ArmConfig, examples: list[dict], out_dir: Path, *
         write_csv(out_dir / "log.csv", log_rows)
         _save_model(accelerator.unwrap_model(model), out_dir / "model", full_state)
         write_json(out_dir / "summary.json", summary)
+        mark_done(out_dir, arm=arm.name)  # before the checkpoints go: a kill in between loses nothing
         for old in _checkpoints(out_dir):
             shutil.rmtree(old, ignore_errors=True)
-        mark_done(out_dir, arm=arm.name)
     accelerator.wait_for_everyone()
     return summary
 
@@ -348,7 +361,7 @@ def _save_model(model, target: Path, state_dict: dict | None = None) -> None:
         model.save_pretrained(tmp, **({} if state_dict is None else {"state_dict": state_dict}))
         if target.exists():
             shutil.rmtree(target)
-        tmp.rename(target)
+        publish_dir(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -365,6 +378,4 @@ def load_trained(cfg: RunConfig, out_dir: Path):
 
         base = load_base(cfg.model, precision=cfg.precision, load_in_4bit=cfg.load_in_4bit)
         model = PeftModel.from_pretrained(base, folder)
-    if torch.cuda.is_available() and not cfg.load_in_4bit:
-        model = model.to("cuda")
-    return model.eval()
+    return on_best_device(model).eval()
