@@ -55,8 +55,12 @@ def win_rates(run: str, judge: str):
     sns.barplot(frame, x="label", y="win_rate", hue="arm", dodge=False, ax=ax)
     ax.errorbar(range(len(frame)), frame["win_rate"], yerr=[frame["win_rate"] - frame["ci_low"],
                 frame["ci_high"] - frame["win_rate"]], fmt="none", color="k", capsize=4)
-    ax.set(title=f"Win rate vs reference answers (judge: {judge}, run {run})", xlabel="", ylabel="win rate (%)",
-           ylim=(0, 100))
+    title = f"Win rate vs reference answers (judge: {judge}, run {run})"
+    if "judge_agreement" in frame and frame["judge_agreement"].notna().any():
+        # How far to trust the judge, on the figure itself.
+        title += (f"\njudge agrees with GPT-4 on {frame['judge_agreement'].iloc[0]:.0%} of "
+                  f"{int(frame['agreement_n'].iloc[0])} published pairs")
+    ax.set(title=title, xlabel="", ylabel="win rate (%)", ylim=(0, 100))
     _save(fig, run, "win_rates")
     return fig
 

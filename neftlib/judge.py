@@ -71,7 +71,8 @@ class LocalJudge:
                 if key not in cache:
                     jobs.append((key, text))
             keys.append(pair_keys)
-        jobs = list(dict(jobs).items())
+        # Similar lengths share a batch: padding is most of the cost of a long judging prompt.
+        jobs = sorted(dict(jobs).items(), key=lambda job: len(job[1]))
         for s in tqdm(range(0, len(jobs), self.batch_size), desc="judge", disable=not progress):
             chunk = jobs[s:s + self.batch_size]
             for (key, _), p in zip(chunk, self.prob_first_better([t for _, t in chunk])):

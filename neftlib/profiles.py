@@ -25,22 +25,24 @@ PROFILES: dict[str, dict[str, Any]] = {
         diversity_cutoff=5,
         agreement_pairs=2,
     ),
-    # The embedded SmolLM2-135M-Instruct at a scale a 2-core CPU does in about an hour (measured:
-    # ~18 s per full fine-tuning step of 8 Alpaca examples). Scaled down from gpu-7b: real Alpaca
-    # when NEFTLIB_DATA_DIR has it (else the mini set), 200 examples for 1 epoch at max length 256,
-    # batch 8 (paper: 128), LR 2e-5. The model's own chat template, not the Alpaca prompt: at this
-    # dose the instruct model never learns the Alpaca format and answers it with an empty turn.
-    # 50 AlpacaEval prompts, answers capped at 128 new tokens.
+    # The embedded SmolLM2-135M-Instruct at a scale a 2-core CPU does in about an hour. Measured on
+    # 2 cores with 200 examples / 50 prompts / 25 agreement pairs: 84 min (02: 30 min at ~20 s per
+    # step of 8 examples, 03: 11 min, 04: 37 min of which judging ~20, 05: 5 min); trimmed from
+    # those stage times to ~60 min. Scaled down from gpu-7b: real Alpaca when NEFTLIB_DATA_DIR has
+    # it (else the mini set), 160 examples for 1 epoch at max length 256, batch 8 (paper: 128),
+    # LR 2e-5. The model's own chat template, not the Alpaca prompt: at this dose the instruct model
+    # never learns the Alpaca format and answers it with an empty turn. 30 AlpacaEval prompts,
+    # answers capped at 128 new tokens.
     "cpu": dict(
         model="smollm2-135m-instruct",
         train_data="auto",
         drop_bad_rows=True,  # real Alpaca has rows with empty outputs: dropped and counted in 01
-        train_limit=200,
+        train_limit=160,
         heldout_limit=32,
         prompt_format="chat",
         max_length=256,
         eval_data="auto",
-        eval_limit=50,
+        eval_limit=30,
         epochs=1.0,
         batch_size=8,
         learning_rate=2e-5,
@@ -48,8 +50,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         loss_subset=32,
         gen_max_new_tokens=128,
         gen_batch_size=16,
-        overlap_limit=16,
-        agreement_pairs=25,  # x 4 published models: how far to trust the 135M local judge
+        overlap_limit=8,
+        agreement_pairs=10,  # x 4 published models: how far to trust the 135M local judge
     ),
     # LLaMA-2-7B with the paper's settings (NEFTune code, experiment_code/README.md: lr 5e-5,
     # batch 4 x accumulation 8 x 4 GPUs = 128, sequence length 512; the paper: 3 epochs, alpha 5,

@@ -76,7 +76,7 @@ def run_pipeline(profile: str, run: str = "", *, seed: int | None = None, alpha:
         t0 = time.perf_counter()
         try:
             # The kernel's own output (tqdm bars of training, generation, judging) streams to the terminal.
-            stream = {"log_output": True, "stdout_file": sys.stdout, "stderr_file": sys.stderr} if progress else {}
+            stream = {"stdout_file": sys.stdout, "stderr_file": sys.stderr} if progress else {}
             pm.execute_notebook(str(source), str(target), parameters=params, kernel_name="python3",
                                 progress_bar=False, cwd=str(NOTEBOOKS_DIR), **stream)
         except pm.PapermillExecutionError as err:
