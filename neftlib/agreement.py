@@ -69,7 +69,7 @@ def published_pairs(data_dir: Path, models: Optional[Iterable[str]] = None,
                          "reference": row["output_1"], "gpt4_preference": float(row["preference"])})
         pairs.dropped[model] = len(rows) - len(kept)
         if limit_per_model is not None and limit_per_model < len(kept):
-            # the same seed picks the same rows of every model's file (they share the 805 prompts)
+            # Seeded per model; each file dropped different GPT-4 draws, so the prompts can differ across models.
             chosen = sorted(random.Random(seed).sample(range(len(kept)), limit_per_model))
             kept = [kept[j] for j in chosen]
         pairs.extend(kept)
