@@ -156,6 +156,14 @@ def qlora_config(cfg: RunConfig) -> RunConfig:
     return dataclasses.replace(cfg, **QLORA.get(cfg.profile, QLORA["default"]))
 
 
+def stage_config(cfg: RunConfig, stage: str) -> tuple[RunConfig, tuple[str, ...]]:
+    """The training config and arms of a stage: 'train' (02) or 'qlora' (03)."""
+    if stage == "qlora":
+        q = qlora_config(cfg)
+        return q, q.qlora_arms
+    return cfg, cfg.arms
+
+
 def config_from_json(path: Path) -> RunConfig:
     """The config an earlier run saved; a ValueError naming the file when it no longer fits RunConfig."""
     data = json.loads(Path(path).read_text())

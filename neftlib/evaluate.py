@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from neftlib.config import RunConfig, qlora_config
+from neftlib.config import RunConfig, stage_config
 from neftlib.generate import eval_prompts, generate_answers, model_outputs
 from neftlib.io import is_done, mark_done, read_json, write_csv, write_json
 from neftlib.judge import LocalJudge, annotations
@@ -22,7 +22,7 @@ def arm_outputs(cfg: RunConfig, stage: str, arm: str, folder: Path, rows: list[d
     out = stage_dir(cfg, "eval") / f"{stage}-{arm}" / f"{name}.json"
     if out.exists():
         return read_json(out)
-    run_cfg = qlora_config(cfg) if stage == "qlora" else cfg
+    run_cfg, _ = stage_config(cfg, stage)
     model = load_trained(run_cfg, folder)
     answers = generate_answers(model, tok, eval_prompts(rows, cfg.prompt_format, tok),
                                max_new_tokens=cfg.gen_max_new_tokens, batch_size=cfg.gen_batch_size,

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from neftlib.config import RunConfig, config_from_json, load_config, qlora_config
+from neftlib.config import RunConfig, config_from_json, load_config, stage_config
 from neftlib.data import load_eval_set, load_instructions, resolve_train_source, tokenize_rows
 from neftlib.io import environment, is_done, mark_done, read_json, read_jsonl, write_csv, write_json, write_jsonl
 from neftlib.models import load_tokenizer
@@ -125,8 +125,7 @@ def train_arms(cfg: RunConfig, stage: str = "train", arms: Sequence[str] | None 
 
     if stage not in ("train", "qlora"):
         raise ValueError(f"stage={stage!r} is not one of train, qlora")
-    run_cfg = qlora_config(cfg) if stage == "qlora" else cfg
-    stage_arms = run_cfg.qlora_arms if stage == "qlora" else run_cfg.arms
+    run_cfg, stage_arms = stage_config(cfg, stage)
     chosen = tuple(arms) if arms else stage_arms
     unknown = [a for a in chosen if a not in stage_arms]
     if unknown:
@@ -169,8 +168,7 @@ def trained_arms(cfg: RunConfig) -> list[tuple[str, str, Path]]:
     """(stage, arm, folder) of every finished arm, in training order."""
     found = []
     for stage in ("train", "qlora"):
-        run_cfg = qlora_config(cfg) if stage == "qlora" else cfg
-        for arm in (run_cfg.qlora_arms if stage == "qlora" else run_cfg.arms):
+        for arm in stage_config(cfg, stage)[1]:
             folder = stage_dir(cfg, stage) / arm
             if is_done(folder):
                 found.append((stage, arm, folder))
