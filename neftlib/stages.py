@@ -133,9 +133,10 @@ def train_arms(cfg: RunConfig, stage: str = "train", arms: Sequence[str] | None 
     state = _process_state()
     examples = load_prepared(cfg, "train")
     subsets = {"train_nonoise": examples[: cfg.loss_subset], "heldout": load_prepared(cfg, "heldout")}
-    if load_prepared(cfg, "other"):
-        subsets["other"] = load_prepared(cfg, "other")
-    if stage == "qlora" and run_cfg.train_limit is not None and cfg.train_limit != run_cfg.train_limit:
+    other = load_prepared(cfg, "other")
+    if other:
+        subsets["other"] = other
+    if run_cfg.train_limit is not None:  # the QLoRA stage may train on fewer rows than 01 prepared
         examples = examples[: run_cfg.train_limit]
     pad_id = load_tokenizer(cfg.model).pad_token_id
     out = stage_dir(cfg, stage)
@@ -149,19 +150,11 @@ def train_arms(cfg: RunConfig, stage: str = "train", arms: Sequence[str] | None 
         summaries.append(train(run_cfg, arm, examples, arm_dir, loss_examples=subsets, pad_id=pad_id))
     finished = [a for a in stage_arms if is_done(out / a)]
     if state.is_main_process:
-        rows = summaries if chosen == stage_arms else [read_json(out / a / "summary.json") for a in finished]
-        write_csv(out / "summary.csv", rows)
+        write_csv(out / "summary.csv", [read_json(out / a / "summary.json") for a in finished])
         if len(finished) == len(stage_arms):
             mark_done(out, arms=list(stage_arms))
     state.wait_for_everyone()
     return pd.DataFrame(summaries)
-
-
-def training_logs(cfg: RunConfig, stage: str = "train") -> pd.DataFrame:
-    """All arms' per-step logs of a stage in one tidy table."""
-    folder = stage_dir(cfg, stage)
-    frames = [pd.read_csv(p) for p in sorted(folder.glob("*/log.csv"))]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def trained_arms(cfg: RunConfig) -> list[tuple[str, str, Path]]:
