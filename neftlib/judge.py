@@ -19,6 +19,36 @@ JUDGE_PROMPT = (
     "Reply with one letter, A or B: which answer is better?"
 )
 ANSWER_PREFIX = "The better answer is"
+ORDERS = ("model first", "reference first")
+
+
+def judge_key(judge_name: str, text: str) -> str:
+    """Cache key of one judgment: the judge and the exact text it is shown."""
+    return hashlib.sha256(f"{judge_name}\0{text}".encode()).hexdigest()
+
+
+def plan_both_orders(instructions: list[str], outputs: list[str], references: list[str], text_of, judge_name: str,
+                     cache: dict) -> tuple[list[tuple[str, str]], dict[str, tuple[str, int, str]]]:
+    """Per pair, the keys of its two judgments (model first, reference first), and every judgment not yet
+    in `cache` as key -> (text, pair index, order)."""
+    if not len(instructions) == len(outputs) == len(references):
+        raise ValueError("instructions, outputs and references must have equal length")
+    keys, jobs = [], {}
+    for i, (ins, out, ref) in enumerate(zip(instructions, outputs, references)):
+        pair = []
+        for order, (a, b) in zip(ORDERS, ((out, ref), (ref, out))):
+            text = text_of(ins, a, b)
+            key = judge_key(judge_name, text)
+            pair.append(key)
+            if key not in cache:
+                jobs.setdefault(key, (text, i, order))
+        keys.append((pair[0], pair[1]))
+    return keys, jobs
+
+
+def preferences_from(keys: list[tuple[str, str]], p_first: dict[str, float]) -> list[float]:
+    """alpaca_eval preferences in [1, 2]: model first P(A) is the model's, reference first 1 - P(A)."""
+    return [1.0 + 0.5 * (p_first[k1] + (1.0 - p_first[k2])) for k1, k2 in keys]
 
 
 class LocalJudge:
@@ -60,27 +90,16 @@ class LocalJudge:
               cache_path: Path | None = None, progress: bool = True) -> list[float]:
         """alpaca_eval-style preferences in [1, 2] (2 = the model's output is better), averaged over both orders."""
         cache = read_json(cache_path) if cache_path and Path(cache_path).exists() else {}
-        jobs = []  # (key, text) for every judgment not yet in the cache
-        keys = []
-        for ins, out, ref in zip(instructions, outputs, references):
-            pair_keys = []
-            for a, b in ((out, ref), (ref, out)):
-                text = self._text(ins, a, b)
-                key = hashlib.sha256(f"{self.name}\0{text}".encode()).hexdigest()
-                pair_keys.append(key)
-                if key not in cache:
-                    jobs.append((key, text))
-            keys.append(pair_keys)
+        keys, pending = plan_both_orders(instructions, outputs, references, self._text, self.name, cache)
         # Similar lengths share a batch: padding is most of the cost of a long judging prompt.
-        jobs = sorted(dict(jobs).items(), key=lambda job: len(job[1]))
+        jobs = sorted(((key, text) for key, (text, _, _) in pending.items()), key=lambda job: len(job[1]))
         for s in tqdm(range(0, len(jobs), self.batch_size), desc="judge", disable=not progress):
             chunk = jobs[s:s + self.batch_size]
             for (key, _), p in zip(chunk, self.prob_first_better([t for _, t in chunk])):
                 cache[key] = p
             if cache_path:  # saved as it goes: an interrupted run resumes without judging twice
                 write_json(cache_path, cache)
-        # model first: P(A); reference first: 1 - P(A)
-        return [1.0 + 0.5 * (cache[k1] + (1.0 - cache[k2])) for k1, k2 in keys]
+        return preferences_from(keys, cache)
 
 
 def annotations(rows: list[dict], outputs: list[dict], preferences: list[float], judge_name: str) -> list[dict]:

@@ -9,7 +9,6 @@ Configuration comes from the environment:
 """
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import math
@@ -27,7 +26,7 @@ from typing import Any, Callable
 from tqdm.auto import tqdm
 
 from neftlib.io import read_json, write_json
-from neftlib.judge import JUDGE_PROMPT
+from neftlib.judge import JUDGE_PROMPT, plan_both_orders, preferences_from
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4"
@@ -150,9 +149,6 @@ class OpenAIJudge:
     def prompt(self, instruction: str, a: str, b: str) -> str:
         return JUDGE_PROMPT.format(instruction=instruction, a=a, b=b)
 
-    def cache_key(self, prompt: str) -> str:
-        return hashlib.sha256(f"{self.name}\0{prompt}".encode()).hexdigest()
-
     def _body(self, prompt: str) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "messages": [{"role": "user", "content": prompt}],
                                 "temperature": 0, "max_tokens": self.max_tokens}
@@ -246,20 +242,9 @@ class OpenAIJudge:
 
         Judgments are cached by hash of (model, prompt) at `cache_path` after every request, so nothing is
         paid for twice and an interrupted run resumes. Unparseable replies counted as draws are not cached."""
-        if not len(instructions) == len(outputs) == len(references):
-            raise ValueError("instructions, outputs and references must have equal length")
         self.stats = {"requests": 0, "retries": 0, "cached": 0, "unparseable": 0}
         cache = read_json(cache_path) if cache_path and Path(cache_path).exists() else {}
-        keys, jobs = [], {}
-        for i, (ins, out, ref) in enumerate(zip(instructions, outputs, references)):
-            pair = []
-            for order, (a, b) in (("model first", (out, ref)), ("reference first", (ref, out))):
-                text = self.prompt(ins, a, b)
-                key = self.cache_key(text)
-                pair.append(key)
-                if key not in cache:
-                    jobs.setdefault(key, (text, i, order))
-            keys.append(pair)
+        keys, jobs = plan_both_orders(instructions, outputs, references, self.prompt, self.name, cache)
         self.stats["cached"] = 2 * len(keys) - len(jobs)
         draws: dict[str, float] = {}
         for key, (text, i, order) in tqdm(jobs.items(), desc=self.name, disable=not progress):
@@ -270,6 +255,4 @@ class OpenAIJudge:
             cache[key] = float(p)
             if cache_path:  # saved after every judgment: an interrupted run resumes where it stopped
                 write_json(cache_path, cache)
-        value = {**cache, **draws}
-        # model first: P(A) is the model's; reference first: 1 - P(A)
-        return [1.0 + 0.5 * (value[k1] + (1.0 - value[k2])) for k1, k2 in keys]
+        return preferences_from(keys, {**cache, **draws})
