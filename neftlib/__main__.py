@@ -31,8 +31,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="train: the profile's method (notebook 02); qlora: the QLoRA variant (notebook 03)")
     tr.add_argument("--arm", nargs="+", default=None, help="arms to train (default: all arms of the stage)")
     tr.add_argument("--grad-accum", type=int, default=None,
-                    help="micro-batches per optimizer step and process; effective batch = batch_size x this x processes")
-    tr.add_argument("--model", default=None, help="another model for the profile (hub id or local folder)")
+                    help="micro-batches per optimizer step and process; effective batch = batch_size x this x processes "
+                    "(kept by a later `run` of the same run)")
+    tr.add_argument("--model", default=None,
+                    help="another model for the profile (hub id or local folder; kept by a later `run` of the same run)")
     win = sub.add_parser("winrate", help="alpaca_eval metrics of an annotations file, as JSON")
     win.add_argument("annotations", type=Path)
     ana = sub.add_parser("analyze", help="length / repetition / log-diversity of model_outputs.json files")
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             from neftlib.textstats import analyze_files
 
             print(json.dumps(analyze_files(args.outputs, cutoff=args.cutoff), indent=2))
-    except (ValueError, FileNotFoundError, FileExistsError, MemoryError, RuntimeError) as err:
+    except (ValueError, OSError, MemoryError, RuntimeError) as err:  # OSError covers missing files and a full disk
         print(f"neftlib {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ class RunConfig:
     # --- NEFTune ---
     alpha: float = 5.0  # noise alpha of the NEFTune arm (paper: 5 for 7B, 15 for 70B)
     noise_scaling: str = "per_example"  # "per_example" (paper code) or "padded" (transformers)
-    arms: tuple[str, ...] = ("baseline", "neftune", "gaussian")  # arms trained by 02 (03 uses qlora_arms)
+    arms: tuple[str, ...] = ("baseline", "neftune", "gaussian")  # arms trained by 02 (03 uses qlora_arms); sweep arms: sweep_arms()
     qlora_arms: tuple[str, ...] = ("baseline", "neftune")  # arms trained by 03
     # --- bookkeeping ---
     save_every: int = 50  # optimizer steps between atomic checkpoints
@@ -69,6 +70,8 @@ class RunConfig:
     agreement_pairs: int = 0  # published GPT-4-judged pairs per model on which the judge's agreement is measured (0 = skip)
     overlap_limit: int = 16  # training prompts answered for ROUGE-L / BLEU (05)
     diversity_cutoff: int = 50  # whitespace tokens for the repetition / diversity table (paper: 50 for Alpaca)
+    openllm_tasks: str = ""  # lm-eval tasks scored per arm in 04: "" skips, "openllm-v1" (ARC 25-shot, HellaSwag 10, MMLU 5, TruthfulQA 0), or "task:shots,..."
+    openllm_limit: int | None = None  # documents per lm-eval task (None = all); a quick look at a big model
 
     def __post_init__(self) -> None:
         _check_choice("method", self.method, METHODS)
@@ -76,6 +79,9 @@ class RunConfig:
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("prompt_format", self.prompt_format, PROMPT_FORMATS)
         _check_choice("judge", self.judge, JUDGES)
+        from neftlib.openllm import parse_tasks
+
+        parse_tasks(self.openllm_tasks)  # a malformed task list fails here, not after training
         if not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha) or self.alpha < 0:
             raise ValueError(f"alpha must be a finite number >= 0 (the paper uses 5 to 15), got {self.alpha!r}")
         for name in ("batch_size", "grad_accum", "max_length", "save_every", "gen_max_new_tokens", "gen_batch_size"):
@@ -85,7 +91,7 @@ class RunConfig:
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
         for arm in (*self.arms, *self.qlora_arms):
-            _check_choice("arms", arm, tuple(ARMS))
+            parse_arm(arm, self)
 
     @property
     def run_name(self) -> str:
@@ -97,9 +103,7 @@ class RunConfig:
 
     def for_arm(self, arm: str) -> "ArmConfig":
         """The training config of one arm: the same run, differing only in the noise."""
-        _check_choice("arm", arm, tuple(ARMS))
-        alpha, distribution = ARMS[arm](self)
-        return ArmConfig(name=arm, alpha=alpha, distribution=distribution)
+        return parse_arm(arm, self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -114,9 +118,10 @@ class RunConfig:
 class ArmConfig:
     """The noise of one arm of the comparison."""
 
-    name: str  # "baseline", "neftune" or "gaussian"
+    name: str  # "baseline", "neftune", "gaussian", or a sweep arm such as "alpha10-seed1"
     alpha: float  # 0 for the baseline
     distribution: str = "uniform"  # "uniform" (paper) or "gaussian" (ablation)
+    seed: int | None = None  # training seed (init, data order, noise) of a sweep arm; None: the run's seed
 
 
 # Baseline and NEFTune differ only in alpha; the Gaussian control only in the distribution.
@@ -125,6 +130,32 @@ ARMS = {
     "neftune": lambda c: (float(c.alpha), "uniform"),
     "gaussian": lambda c: (float(c.alpha), "gaussian"),
 }
+
+
+# A sweep arm names its noise and training seed: "alpha10-seed1" (uniform), "gauss5-seed0" (Gaussian).
+# The data split and evaluation prompts stay those of the run's seed, so arms differ only in
+# alpha, distribution and the training seed.
+_SWEEP_ARM = re.compile(r"^(alpha|gauss)(\d+(?:\.\d+)?)-seed(\d+)$")
+
+
+def sweep_arms(alphas: tuple[float, ...], seeds: tuple[int, ...], distribution: str = "uniform") -> tuple[str, ...]:
+    """Arm names of an alpha x seed sweep; alpha 0 is that seed's baseline."""
+    prefix = {"uniform": "alpha", "gaussian": "gauss"}[distribution]
+    return tuple(f"{prefix}{a:g}-seed{s}" for a in alphas for s in seeds)
+
+
+def parse_arm(name: str, cfg: RunConfig) -> ArmConfig:
+    """The noise of an arm, from its name; a ValueError listing the valid names otherwise."""
+    if name in ARMS:
+        alpha, distribution = ARMS[name](cfg)
+        return ArmConfig(name=name, alpha=alpha, distribution=distribution)
+    match = _SWEEP_ARM.match(str(name))
+    if not match:
+        raise ValueError(f"arm {name!r} is not one of {', '.join(ARMS)} or a sweep arm like 'alpha10-seed1' / "
+                         "'gauss5-seed0'")
+    kind, alpha, seed = match.groups()
+    return ArmConfig(name=name, alpha=float(alpha), distribution="uniform" if kind == "alpha" else "gaussian",
+                     seed=int(seed))
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -121,7 +121,15 @@ def load_instructions(source: str, *, seed: int = 0, limit: int | None = None,
         path = resolve_train_source(source)
         raw, origin = _read_rows(path), str(path)
     report = DataReport(source=origin, rows_read=len(raw))
-    report.schema, rows = sources.convert_rows(raw, origin, drop_bad, report.drop)
+    try:
+        report.schema, rows = sources.convert_rows(raw, origin, drop_bad, report.drop)
+    except sources.RowError as err:
+        raise sources.RowError(f"{err}; fix the row, or set drop_bad_rows=True to drop and count bad rows",
+                               err.reason) from None
+    if not rows:  # every row dropped: refuse here rather than train on nothing later
+        dropped = "; ".join(f"{n} x {why}" for why, n in report.dropped.items())
+        raise ValueError(f"{origin}: no usable rows ({report.rows_read} read, all dropped: {dropped}); "
+                         "fix the file or choose another train_data")
     report.examples = len(rows)
     random.Random(seed).shuffle(rows)
     if limit is not None:

@@ -11,7 +11,7 @@ from neftlib.io import is_done, mark_done, read_json, write_csv, write_json
 from neftlib.judge import LocalJudge, annotations
 from neftlib.models import load_base, load_tokenizer, on_best_device
 from neftlib.stages import stage_dir, trained_arms
-from neftlib.winrate import bootstrap_ci, summarize_preferences, win_values
+from neftlib.winrate import bootstrap_ci, length_controlled_win_rate, summarize_preferences, win_values
 
 
 def arm_outputs(cfg: RunConfig, stage: str, arm: str, folder: Path, rows: list[dict], tok, *,
@@ -62,7 +62,8 @@ def measure_agreement(cfg: RunConfig, judge, progress: bool = True) -> dict:
 
 
 def evaluate(cfg: RunConfig, progress: bool = True) -> pd.DataFrame:
-    """Win rate (with standard error and a bootstrap 95% interval) and length of every trained arm."""
+    """Win rate (with standard error, a bootstrap 95% interval and a length-controlled win rate), length and
+    the judge's agreement with GPT-4 for every trained arm; OpenLLM tasks too when the profile names them."""
     out = stage_dir(cfg, "eval")
     if is_done(out):
         return pd.read_csv(out / "winrates.csv")
@@ -82,10 +83,16 @@ def evaluate(cfg: RunConfig, progress: bool = True) -> pd.DataFrame:
         write_json(out / f"{stage}-{arm}" / "annotations.json", annotations(rows, outs, prefs, judge.name))
         stats = summarize_preferences(prefs, [len(o["output"]) for o in outs])
         low, high = bootstrap_ci(win_values(prefs), seed=cfg.seed)
+        # win rate at equal answer length (logistic model on the length difference; winrate.py says how)
+        lc = length_controlled_win_rate(prefs, [len(o["output"]) for o in outs], [len(r["output"]) for r in rows])
         table.append({"run": cfg.run_name, "stage": stage, "arm": arm, "judge": judge.name, **stats,
-                      "ci_low": low, "ci_high": high,
+                      "ci_low": low, "ci_high": high, "lc_win_rate": lc,
                       # printed beside every win rate: how often this judge sides with GPT-4
                       "judge_agreement": agreement.get("agreement"), "agreement_n": agreement.get("n", 0)})
     write_csv(out / "winrates.csv", table)
+    if cfg.openllm_tasks:  # ARC / HellaSwag / MMLU / TruthfulQA per arm -> eval/openllm.csv
+        from neftlib.openllm import openllm_table
+
+        openllm_table(cfg)
     mark_done(out)
     return pd.DataFrame(table)

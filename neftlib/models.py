@@ -122,11 +122,21 @@ def model_path(name: str, tokenizer_only: bool = False) -> Path | str:
     return name  # a hub id: transformers resolves it (its cache, or the hub when reachable)
 
 
+def not_available(name: str, err: OSError) -> FileNotFoundError:
+    """The error for a model transformers cannot find: its own message does not name the model or the fix."""
+    return FileNotFoundError(
+        f"model {name!r} is not available: {str(err).splitlines()[0]} "
+        "Offline, use the packaged 'smollm2-135m-instruct' or a local folder; online, check the hub id and token.")
+
+
 def load_tokenizer(name: str):
     """The model's tokenizer, with a pad token (LLaMA has none: reuse EOS, masks come from lengths)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_path(name, tokenizer_only=True))
+    try:
+        tok = AutoTokenizer.from_pretrained(model_path(name, tokenizer_only=True))
+    except OSError as err:
+        raise not_available(name, err) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -148,10 +158,7 @@ def load_base(name: str, *, precision: str = "fp32", load_in_4bit: bool = False,
     try:
         return AutoModelForCausalLM.from_pretrained(model_path(name), **kwargs)
     except OSError as err:
-        raise FileNotFoundError(
-            f"model {name!r} is not available: {str(err).splitlines()[0]} "
-            "Offline, use the packaged 'smollm2-135m-instruct' or a local folder; online, check the hub id and token."
-        ) from None
+        raise not_available(name, err) from None
 
 
 def load_model(name: str, *, method: str = "full", precision: str = "fp32", lora_r: int = 16,

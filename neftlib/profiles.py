@@ -3,6 +3,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from neftlib.config import sweep_arms
+
+# The paper's alpha range (5 to 15) plus the baseline, each with two training seeds: at small scale the
+# data order alone moves the metrics, so an effect counts only beyond the spread between seeds.
+SWEEP_ARMS = sweep_arms((0, 5, 10, 15), (0, 1))
+
 PROFILES: dict[str, dict[str, Any]] = {
     # The whole pipeline in a few minutes on 2 CPU cores; the tests run it. A tiny random LLaMA
     # (2 layers, hidden 64) with the SmolLM2 tokenizer: numbers mean nothing, every code path runs.
@@ -25,29 +31,29 @@ PROFILES: dict[str, dict[str, Any]] = {
         diversity_cutoff=5,
         agreement_pairs=2,
     ),
-    # The embedded SmolLM2-135M-Instruct at a scale a 2-core CPU does in about an hour. Measured on
-    # 2 cores with 200 examples / 50 prompts / 25 agreement pairs: 84 min (02: 30 min at ~20 s per
-    # step of 8 examples, 03: 11 min, 04: 37 min of which judging ~20, 05: 5 min); trimmed from
-    # those stage times to ~60 min. Scaled down from gpu-7b: real Alpaca when NEFTLIB_DATA_DIR has
-    # it (else the mini set), 160 examples for 1 epoch at max length 256, batch 8 (paper: 128),
-    # LR 2e-5. The model's own chat template, not the Alpaca prompt: at this dose the instruct model
-    # never learns the Alpaca format and answers it with an empty turn. 30 AlpacaEval prompts,
-    # answers capped at 128 new tokens.
+    # The embedded SmolLM2-135M-Instruct in the regime where the paper's claims live: a baseline that
+    # overfits its instruction data. Chosen by measurement (issue 9): 160 Alpaca examples for 1 epoch
+    # at LR 2e-5 barely moved the model (noise-free training loss 1.89 vs held-out 1.99, every arm
+    # alike); 40 examples for 4 epochs at LR 1e-4 (20 steps of 8) take the baseline's noise-free
+    # training loss to 0.82 while held-out Alpaca stays at 2.00, i.e. it memorises its training set.
+    # The model's own chat template, not the Alpaca prompt (an instruct model at this dose answers
+    # the Alpaca format with an empty turn). Max length 256 (paper: 512), batch 8 (paper: 128).
+    # 30 AlpacaEval prompts, answers capped at 128 new tokens. About an hour on 2 cores.
     "cpu": dict(
         model="smollm2-135m-instruct",
         train_data="auto",
         drop_bad_rows=True,  # real Alpaca has rows with empty outputs: dropped and counted in 01
-        train_limit=160,
+        train_limit=40,
         heldout_limit=32,
         prompt_format="chat",
         max_length=256,
         eval_data="auto",
         eval_limit=30,
-        epochs=1.0,
+        epochs=4.0,
         batch_size=8,
-        learning_rate=2e-5,
-        save_every=10,
-        loss_subset=32,
+        learning_rate=1e-4,
+        save_every=5,
+        loss_subset=40,  # the whole training set
         gen_max_new_tokens=128,
         gen_batch_size=16,
         overlap_limit=8,
@@ -66,6 +72,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         batch_size=4,
         grad_accum=32,  # 128 on one GPU; divide by the number of processes under accelerate
         learning_rate=5e-5,
+        # bf16 autocast over fp32 master weights, as the paper's FSDP mixed precision: 16 bytes per
+        # parameter with AdamW (~112 GB at 7B), so FSDP over 2+ GPUs (configs/accelerate/fsdp_7b.yaml)
         precision="bf16",
         gradient_checkpointing=True,
         save_every=200,
@@ -74,6 +82,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         gen_batch_size=32,
         overlap_limit=200,
         agreement_pairs=200,
+        openllm_tasks="openllm-v1",  # the Open LLM Leaderboard v1 few-shot settings (neftlib/openllm.py)
     ),
     # A 7B model in 4-bit NF4 with LoRA on one Colab GPU (T4: fp16, 15 GB). QLoRA defaults from
     # the QLoRA paper: r 64, LoRA alpha 16, dropout 0.1, LR 2e-4 over all linear layers.
@@ -101,12 +110,19 @@ PROFILES: dict[str, dict[str, Any]] = {
         overlap_limit=50,
     ),
 }
+# Issue 9's alpha x seed sweep in the cpu regime: 8 full fine-tunes (no QLoRA stage), 24 AlpacaEval
+# prompts per arm, 5 published pairs per model for the judge's agreement.
+PROFILES["cpu-sweep"] = {**PROFILES["cpu"], "eval_limit": 24, "gen_batch_size": 12, "agreement_pairs": 5,
+                         "arms": SWEEP_ARMS, "qlora_arms": ()}
+# The same sweep at 7B on a GPU: the gpu-7b settings with the sweep's arms (8 full fine-tunes).
+PROFILES["gpu-7b-sweep"] = {**PROFILES["gpu-7b"], "arms": SWEEP_ARMS, "qlora_arms": ()}
 
 # The 03 stage runs the same profile as QLoRA: a config change, not another code path.
 QLORA: dict[str, dict[str, Any]] = {
     "default": dict(method="qlora", lora_r=64, lora_alpha=16, lora_dropout=0.1, learning_rate=2e-4),
     "smoke": dict(method="qlora", lora_r=8, lora_alpha=16, lora_dropout=0.0, learning_rate=1e-3, max_steps=4),
-    # QLoRA on CPU dequantizes every 4-bit layer each step: fewer steps than the full fine-tune.
+    # QLoRA on CPU dequantizes every 4-bit layer each step (~30 s per step of 8): the same 4 epochs
+    # as the full fine-tune on its first 24 examples (12 steps).
     "cpu": dict(method="qlora", lora_r=16, lora_alpha=32, lora_dropout=0.05, learning_rate=2e-4,
-                epochs=1.0, train_limit=80),
+                epochs=4.0, train_limit=24),
 }

@@ -1,19 +1,20 @@
 """Runs the numbered notebooks in order with papermill, each in a fresh kernel."""
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from neftlib.config import load_config
 from neftlib.io import is_done
 from neftlib.paths import NOTEBOOKS_DIR, run_dir
-from neftlib.stages import check_same_config
+from neftlib.stages import check_same_config, run_config
 
-NOTEBOOKS = ("01_data_prep", "02_noisy_training", "03_qlora_variant", "04_evaluation", "05_overfitting_and_length")
+NOTEBOOKS = ("01_data_prep", "02_noisy_training", "03_qlora_variant", "04_evaluation", "05_overfitting_and_length",
+             "06_report")
 STAGE_OUTPUTS = {"01_data_prep": "data", "02_noisy_training": "train", "03_qlora_variant": "qlora",
-                 "04_evaluation": "eval", "05_overfitting_and_length": "analysis"}
+                 "04_evaluation": "eval", "05_overfitting_and_length": "analysis", "06_report": "report"}
 
 
 class PipelineError(RuntimeError):
@@ -32,6 +33,15 @@ def check_parameters(notebook: Path, parameters: dict[str, Any]) -> None:
         raise ValueError(f"unknown parameter(s) {unknown} for {notebook.name}; it takes {', '.join(declared)}")
 
 
+def executed_completely(nb_path: Path) -> bool:
+    """Papermill stamps end_time once a notebook has run to its end; a copy cut short by a kill has none."""
+    try:
+        meta = json.loads(nb_path.read_text(encoding="utf-8"))["metadata"]["papermill"]
+    except (OSError, ValueError, KeyError, TypeError):  # missing, or half-written when the run was killed
+        return False
+    return bool(meta.get("end_time")) and not meta.get("exception")
+
+
 def _failure(nb_path: Path, name: str, err: Exception) -> PipelineError:
     cell = getattr(err, "exec_count", None) or "?"
     ename, evalue = getattr(err, "ename", type(err).__name__), getattr(err, "evalue", str(err))
@@ -44,7 +54,8 @@ def run_pipeline(profile: str, run: str = "", *, seed: int | None = None, alpha:
     """Execute the notebooks for a profile; stages with complete outputs are skipped unless `force`."""
     import papermill as pm
 
-    cfg = load_config(profile, run=run or None, seed=seed, alpha=alpha)  # fail fast on bad input
+    # Fail fast on bad input; --grad-accum / --model given to an earlier `neftlib train` of this run are kept.
+    cfg = run_config(profile, run, seed=seed, alpha=alpha)
     folder = run_dir(cfg.run_name)
     if not force:
         check_same_config(cfg)
@@ -67,7 +78,8 @@ def run_pipeline(profile: str, run: str = "", *, seed: int | None = None, alpha:
     for i, name in enumerate(names, 1):
         source = NOTEBOOKS_DIR / f"{name}.ipynb"
         target = executed / f"{name}.ipynb"
-        if is_done(folder / STAGE_OUTPUTS[name]) and target.exists():
+        # Both: a stage's outputs can be complete while its later cells (figures) never ran.
+        if is_done(folder / STAGE_OUTPUTS[name]) and executed_completely(target):
             print(f"[{i}/{len(names)}] {name}: outputs complete, skipped (use --force to rerun)")
             continue
         check_parameters(source, params)

@@ -24,10 +24,30 @@ def _process_state():
     return process_state()
 
 
+# Fields that `python -m neftlib train` sets from its command line (--grad-accum, --model) and the
+# notebooks cannot: a later `run` or notebook of the same run keeps the values it was trained with.
+TRAIN_CLI_FIELDS = ("grad_accum", "model")
+
+
+def run_config(profile: str, run: str = "", seed: int | None = None, alpha: float | None = None,
+               **overrides: Any) -> RunConfig:
+    """The profile's config with overrides; TRAIN_CLI_FIELDS not given keep the earlier run's values."""
+    saved = run_dir(run or profile) / "config.json"
+    if saved.exists():
+        earlier = read_json(saved)
+        for name in TRAIN_CLI_FIELDS:
+            if overrides.get(name) is None and name in earlier:
+                overrides[name] = earlier[name]
+    return load_config(profile, run=run or None, seed=seed, alpha=alpha, **overrides)
+
+
 def start_run(profile: str, run: str = "", seed: int | None = None, alpha: float | None = None,
               force: bool = False, **overrides: Any) -> RunConfig:
     """The run's config; writes config.json and env.json, refusing to mix with a different earlier run."""
-    cfg = load_config(profile, run=run or None, seed=seed, alpha=alpha, **overrides)
+    if force:
+        cfg = load_config(profile, run=run or None, seed=seed, alpha=alpha, **overrides)
+    else:
+        cfg = run_config(profile, run, seed=seed, alpha=alpha, **overrides)
     if not force:
         # Every rank checks: they read the same file, so they refuse together (none is left at a barrier).
         check_same_config(cfg)
@@ -143,11 +163,12 @@ def train_arms(cfg: RunConfig, stage: str = "train", arms: Sequence[str] | None 
     summaries = []
     for arm_name in chosen:
         arm = run_cfg.for_arm(arm_name)
+        arm_cfg = run_cfg if arm.seed is None else dataclasses.replace(run_cfg, seed=arm.seed)
         arm_dir = out / arm_name
         if state.is_main_process:
             arm_dir.mkdir(parents=True, exist_ok=True)
-            run_cfg.save(arm_dir / "config.json")
-        summaries.append(train(run_cfg, arm, examples, arm_dir, loss_examples=subsets, pad_id=pad_id))
+            arm_cfg.save(arm_dir / "config.json")
+        summaries.append(train(arm_cfg, arm, examples, arm_dir, loss_examples=subsets, pad_id=pad_id))
     finished = [a for a in stage_arms if is_done(out / a)]
     if state.is_main_process:
         write_csv(out / "summary.csv", [read_json(out / a / "summary.json") for a in finished])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -19,22 +20,28 @@ from tqdm.auto import tqdm
 from neftlib.batching import batch_order, collate, mean_loss
 from neftlib.config import ArmConfig, RunConfig
 from neftlib.io import is_done, mark_done, read_json, write_csv, write_json, publish_dir
-from neftlib.models import DTYPES, count_parameters, load_base, load_model, model_path, on_best_device
+from neftlib.models import DTYPES, count_parameters, load_base, load_model, model_path, not_available, on_best_device
 from neftlib.noise import neftune, noise_seed
 
 CKPT_PREFIX = "checkpoint-"
+# RunConfig.precision -> accelerate's mixed_precision: the forward runs under autocast in that dtype
+# while the weights AdamW updates stay fp32 (master weights), as the paper's bf16 training did.
+MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
 
 def estimate_training_bytes(cfg: RunConfig) -> int:
     """Rough peak bytes to train: weights, gradients and AdamW moments of the trainable part."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(model_path(cfg.model))
+    try:
+        config = AutoConfig.from_pretrained(model_path(cfg.model))
+    except OSError as err:  # transformers' message does not name the model
+        raise not_available(cfg.model, err) from None
     with torch.device("meta"):
         n = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
     weight_bytes = 0.55 if cfg.load_in_4bit else DTYPES[cfg.precision].itemsize
     if cfg.method == "full":
-        return int(n * weight_bytes * 4)  # weights, grads and torch AdamW's two moments, all in the weights' dtype
+        return int(n * 16)  # fp32 master weights, fp32 grads and AdamW's two fp32 moments, whatever the precision
     return int(n * weight_bytes * 1.1)  # adapters are ~1% of the model
 
 
@@ -156,14 +163,31 @@ def _save_checkpoint(accelerator, out_dir: Path, step: int, model, optimizer, sc
         if not sharded:
             tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".ckpt."))
             record |= {"model": _trainable_state(accelerator.unwrap_model(model)),
-                       "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+                       "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                       # fp16 on a GPU: the loss scale, so a resumed run skips the same steps
+                       "scaler": None if accelerator.scaler is None else accelerator.scaler.state_dict()}
         try:
             torch.save(record, tmp / "state.pt")
+            with open(tmp / "state.pt", "rb") as fh:
+                os.fsync(fh.fileno())  # on disk before the rename publishes it: a crash cannot leave it truncated
             publish_dir(tmp, out_dir / f"{CKPT_PREFIX}{step}")
+        except (OSError, RuntimeError) as err:  # a full disk makes torch.save raise RuntimeError, not OSError
+            raise _checkpoint_write_error(out_dir, step, err) from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         for old in _checkpoints(out_dir)[:-1]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _checkpoint_write_error(out_dir: Path, step: int, err: Exception) -> RuntimeError:
+    """What to do when a checkpoint cannot be written, most often for a full disk; the previous one is intact."""
+    kept = _checkpoints(out_dir)
+    resume = f"resumes from {kept[-1].name}, which is intact" if kept else "starts this arm over"
+    free = shutil.disk_usage(out_dir).free / 2**30
+    return RuntimeError(
+        f"could not write checkpoint {out_dir / f'{CKPT_PREFIX}{step}'} ({type(err).__name__}: {err}); "
+        f"{free:.1f} GiB free on that disk. Free some space and rerun the same command: training {resume}."
+    )
 
 
 def _load_trainable(model, weights: dict[str, torch.Tensor], ckpt: Path) -> None:
@@ -208,23 +232,30 @@ def train(cfg: RunConfig, arm: ArmConfig, examples: list[dict], out_dir: Path, *
     if not examples:
         raise ValueError(f"arm {arm.name!r}: the training set has no usable rows (see the data report of 01)")
     out_dir.mkdir(parents=True, exist_ok=True)
+    if process_state().is_main_process:
+        # A save killed mid-way leaves its temp folder behind: never resumed from, only taking space.
+        for stale in [*out_dir.glob(".ckpt.*"), *out_dir.glob(".model.*")]:
+            shutil.rmtree(stale, ignore_errors=True)
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
 
     # The schedule below already counts optimizer steps per process: accelerate must not step it once
     # per process (its default, made for a DataLoader it shards itself).
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False,
+                              mixed_precision=_mixed_precision(cfg))
     rank, world = accelerator.process_index, accelerator.num_processes
     deepspeed = _is_deepspeed(accelerator)
     if not deepspeed:  # DeepSpeed's CPU offload makes a GPU-memory estimate meaningless
         check_fits(cfg, accelerator.device, shards=world if _sharded(accelerator) else 1)
     dev = accelerator.device
-    model = load_model(cfg.model, method=cfg.method, precision=cfg.precision, lora_r=cfg.lora_r,
+    model = load_model(cfg.model, method=cfg.method, precision=weights_precision(cfg, deepspeed), lora_r=cfg.lora_r,
                        lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets,
                        gradient_checkpointing=cfg.gradient_checkpointing,
                        # a 4-bit base is placed at load time: on this rank's GPU, not every rank's GPU 0
                        device=f"cuda:{dev.index or 0}" if dev.type == "cuda" else "cpu")
     model.config.use_cache = False
+    if not deepspeed:
+        _upcast_trainable(model)
     trainable, total = count_parameters(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _optimizer(accelerator, params, cfg)
@@ -261,6 +292,8 @@ def train(cfg: RunConfig, arm: ArmConfig, examples: list[dict], out_dir: Path, *
             _load_trainable(accelerator.unwrap_model(model), state["model"], ckpt)
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
+            if state.get("scaler") is not None and accelerator.scaler is not None:
+                accelerator.scaler.load_state_dict(state["scaler"])
         else:
             accelerator.load_state(str(ckpt))  # FSDP / DeepSpeed: each rank reads its own shard
             # FSDP's SHARDED_STATE_DICT came back without the Adam moments (accelerate 1.15, torch 2.11):
@@ -281,7 +314,7 @@ def train(cfg: RunConfig, arm: ArmConfig, examples: list[dict], out_dir: Path, *
         bar = tqdm(range(start, total_steps), desc=f"train {arm.name}", disable=not progress or rank != 0,
                    initial=start, total=total_steps)
         for step in bar:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             losses, tokens, ratios = [], 0, []
             for k in range(cfg.grad_accum):
                 batch = collate(micro_batch(step * cfg.grad_accum + k), pad_id)
@@ -300,7 +333,7 @@ def train(cfg: RunConfig, arm: ArmConfig, examples: list[dict], out_dir: Path, *
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            dt = time.perf_counter() - t0
+            dt, cpu = time.perf_counter() - t0, time.process_time() - c0
             # One row for the whole step: every rank's mean loss, tokens and noise ratio, gathered.
             mine = torch.tensor([sum(losses) / len(losses), tokens, sum(ratios) / len(ratios) if ratios else 0.0,
                                  float(bool(ratios))], dtype=torch.float64, device=dev)
@@ -309,7 +342,9 @@ def train(cfg: RunConfig, arm: ArmConfig, examples: list[dict], out_dir: Path, *
             row = {"run": cfg.run_name, "arm": arm.name, "step": step + 1, "loss": float(ranks[:, 0].mean()),
                    "lr": lr, "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
                    "tokens_per_s": float(ranks[:, 1].sum()) / dt,
-                   "noise_ratio": float(noised.mean()) if len(noised) else 0.0, "step_s": dt}
+                   "noise_ratio": float(noised.mean()) if len(noised) else 0.0, "step_s": dt,
+                   # this process's CPU seconds in the step: on a shared machine, step_s / cpu_s shows the contention
+                   "cpu_s": cpu}
             log_rows.append(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}")
             if (step + 1) % cfg.save_every == 0 and step + 1 < total_steps:
@@ -319,6 +354,7 @@ def train(cfg: RunConfig, arm: ArmConfig, examples: list[dict], out_dir: Path, *
     wall = time.perf_counter() - t_start
 
     summary = {"run": cfg.run_name, "arm": arm.name, "alpha": arm.alpha, "distribution": arm.distribution,
+               "seed": cfg.seed,
                "method": cfg.method, "model": cfg.model, "steps": total_steps, "examples": len(examples),
                "trainable_params": trainable, "total_params": total, "train_wall_s": wall,
                "final_loss": log_rows[-1]["loss"] if log_rows else None,
@@ -341,6 +377,38 @@ def train(cfg: RunConfig, arm: ArmConfig, examples: list[dict], out_dir: Path, *
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return summary
+
+
+def _mixed_precision(cfg: RunConfig) -> str:
+    """accelerate's mixed_precision for this run, forgetting an earlier run's in the same single process."""
+    from accelerate.state import AcceleratorState
+
+    wanted = MIXED_PRECISION[cfg.precision]
+    earlier = AcceleratorState._shared_state.get("_mixed_precision")
+    if earlier not in (None, wanted) and process_state().num_processes == 1:
+        # accelerate keeps the first Accelerator's precision for the whole process and refuses another;
+        # one process may train runs of different precisions in turn (a notebook, the tests). Under a
+        # launcher every rank runs one config, so ranks never get here.
+        AcceleratorState._reset_state()
+    return wanted
+
+
+def weights_precision(cfg: RunConfig, deepspeed: bool = False) -> str:
+    """The dtype the weights are loaded in: fp32 for every weight the optimizer updates.
+
+    Full fine-tuning loads fp32 weights and computes in cfg.precision under autocast (accelerate's
+    mixed_precision; FSDP keeps fp32 shards and casts to bf16 for compute). LoRA / QLoRA keep the
+    frozen base in cfg.precision (peft makes the adapters fp32). DeepSpeed's bf16 mode keeps its own
+    fp32 master copy, so it gets the weights in cfg.precision.
+    """
+    return cfg.precision if deepspeed or cfg.method != "full" else "fp32"
+
+
+def _upcast_trainable(model) -> None:
+    """Trainable weights in fp32: AdamW updates on bf16 / fp16 weights would round most of them away."""
+    for p in model.parameters():
+        if p.requires_grad and p.is_floating_point() and p.dtype != torch.float32:
+            p.data = p.data.float()
 
 
 def _optimizer(accelerator, params: list, cfg: RunConfig) -> torch.optim.Optimizer:

@@ -12,6 +12,7 @@ import pytest
 from neftlib.runner import NOTEBOOKS
 
 PROJ = Path(__file__).resolve().parents[1]
+FAKE_KEY = "sk-neftlib-test-0123456789abcdef"
 PATHS = [PROJ / "notebooks" / f"{name}.ipynb" for name in NOTEBOOKS]
 
 
@@ -40,7 +41,9 @@ def _run(args, env, timeout=900):
 def smoke_run(tmp_path_factory):
     """One full smoke-profile pipeline run, shared by the assertions below."""
     root = tmp_path_factory.mktemp("pipeline")
-    env = {**os.environ, "NEFTLIB_RESULTS_DIR": str(root / "results"), "NEFTLIB_FIGURES_DIR": str(root / "figures")}
+    # A judge key in the environment, as a user with GPT-4 access has it: it must leak nowhere.
+    env = {**os.environ, "NEFTLIB_RESULTS_DIR": str(root / "results"), "NEFTLIB_FIGURES_DIR": str(root / "figures"),
+           "OPENAI_API_KEY": FAKE_KEY, "NEFTLIB_JUDGE_API_KEY": FAKE_KEY}
     proc = _run(["--profile", "smoke"], env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root, env, proc
@@ -77,9 +80,30 @@ def test_pipeline_writes_every_stage(smoke_run):
     over = pd.read_csv(run / "analysis" / "overfitting.csv")
     assert len(over) == 5 and over["heldout_loss"].notna().all() and over["rouge_l"].between(0, 100).all()
     assert len(pd.read_csv(run / "analysis" / "diversity.csv")) == 5
+    losses = pd.read_csv(run / "analysis" / "example_losses.csv")  # per example, without noise
+    assert len(losses.groupby(["stage", "arm"])) == 3 and set(losses["set"]) >= {"train", "heldout"}
+    seen = losses[(losses["stage"] == "train") & (losses["set"] == "train")]
+    seen = seen.assign(nll=seen["loss"] * seen["tokens"]).groupby("arm")[["nll", "tokens"]].sum()
+    assert ((seen["nll"] / seen["tokens"]) - train.set_index("arm")["train_nonoise_loss"]).abs().max() < 1e-3
+    published = pd.read_csv(run / "analysis" / "published_diversity.csv")
+    real = (run / "eval" / "judge_agreement.json").exists()
+    assert len(published) == 4 and (published["status"] == "ok").all() == real
+    claims = pd.read_csv(run / "report" / "claims.csv")
+    assert len(claims) == 8 and claims["verdict"].isin(
+        ["held", "not held", "within noise", "partly held", "not measured here"]).all()
+    paper = pd.read_csv(run / "report" / "paper_vs_ours.csv")
+    assert paper.loc[paper["metric"] == "win rate (%), Alpaca", "paper_after"].iloc[0] == 64.69
     figures = {p.name for p in (root / "figures" / "smoke").glob("*.png")}
     assert figures >= {"token_lengths.png", "loss_train.png", "loss_qlora.png", "win_rates.png",
-                       "overfitting.png", "length_diversity.png"}
+                       "overfitting.png", "length_diversity.png", "figure1_paper_vs_ours.png",
+                       "loss_histograms.png", "rouge_bleu.png", "length_diversity_table.png", "gaussian_ablation.png"}
+
+
+def test_api_key_never_in_results_figures_or_executed_notebooks(smoke_run):
+    root, _, proc = smoke_run
+    assert FAKE_KEY not in proc.stdout + proc.stderr
+    leaked = [p for p in root.rglob("*") if p.is_file() and FAKE_KEY.encode() in p.read_bytes()]
+    assert not leaked, leaked
 
 
 def test_rerun_skips_complete_stages(smoke_run):

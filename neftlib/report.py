@@ -1,0 +1,180 @@
+"""Stage 06: the paper's numbers beside ours, and a verdict per claim computed from results/<run>/ alone.
+
+Writes results/<run>/report/: paper_vs_ours.csv, claims.csv (one row per claim), claim_evidence.csv (one
+row per measured part, with its interval), arms.csv (every trained arm and its metrics) and summary.md.
+The verdict rules and intervals are in `neftlib.claims`; the paper's numbers in `neftlib.paper`.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from neftlib.claims import (CLAIMS, DIVERSITY_MARGIN, NOT_MEASURED, WIN_BASIS, RunEvidence, combine, evidence_row,
+                            flat_verdict, interval_verdict, is_chat_model, pick_roles, read_table, unmeasured)
+from neftlib.io import mark_done, write_csv
+from neftlib.paper import FIGURE1, FIGURE1_SETTING, PAPER, STATEMENTS, paper_dataset
+from neftlib.paths import run_dir
+
+REPORT_TABLES = ("paper_vs_ours", "claims", "claim_evidence", "arms")
+
+
+def our_evidence(ev: RunEvidence, roles: dict[str, dict] | None = None) -> list[dict]:
+    """Every claim part measured on the run's arms. `roles`: {stage: {"baseline": arm, "neftune": arm,
+    "gaussian": arm}}; by default chosen from the arms' recorded noise (claims.pick_roles)."""
+    roles = roles or {stage: pick_roles(ev.arms, stage, ev.info["alpha"]) for stage in ("train", "qlora")}
+    train, qlora = roles.get("train", {}), roles.get("qlora", {})
+    neft = (train.get("baseline"), train.get("neftune"))
+    parts = [ev.win_rate("win_rate_up", "train", neft),
+             ev.win_rate("qlora", "qlora", (qlora.get("baseline"), qlora.get("neftune")))]
+    if is_chat_model(ev.info["model"]):
+        parts.append(ev.win_rate("chat_gain", "train", neft, part="win rate (starting from a chat model)"))
+    else:
+        parts.append(unmeasured("chat_gain", "win rate", "train", neft, f"the run starts from {ev.info['model']}, "
+                                "not an instruction- or chat-tuned model"))
+    parts += ev.openllm("openllm_flat", "train", neft)
+    parts.append(ev.loss("loss", "train", neft, "train", "higher", "loss without noise on the training subset"))
+    other = ev.loss("loss", "train", neft, "other", "lower", f"loss on another set ({ev.info['other_data']})")
+    if other["verdict"] == NOT_MEASURED:  # no second kind of data: the held-out rows stand in, and say so
+        other = ev.loss("loss", "train", neft, "heldout", "lower", "loss on held-out training-set rows")
+    parts.append(other)
+    parts += [ev.overlap("overlap", "train", neft, "ROUGE-L"), ev.overlap("overlap", "train", neft, "BLEU")]
+    parts += [ev.length("length_diversity", "train", neft), ev.diversity("length_diversity", "train", neft)]
+    gauss = (train.get("neftune"), train.get("gaussian"))
+    parts += [ev.length("gaussian", "train", gauss),
+              ev.win_rate("gaussian", "train", gauss, expect="lower", part="win rate, Gaussian vs uniform")]
+    return [{"scope": "ours", **p} for p in parts]
+
+
+def published_evidence(run: str) -> list[dict]:
+    """The same claims on the paper's published answers (analysis/published_diversity.csv), where they apply."""
+    table = read_table(run_dir(run) / "analysis" / "published_diversity.csv")
+    if table is None or "win_rate" not in table or not (table["status"] == "ok").all():
+        why = "published answers not analysed" if table is None else str(table["status"].iloc[0])
+        return [{"scope": "published", **unmeasured(c, "published answers", "-", (None, None), why)}
+                for c in ("win_rate_up", "chat_gain", "length_diversity")]
+    parts = []
+    for pair, claim in (("alpaca", "win_rate_up"), ("chat", "chat_gain")):
+        b, t = (table[(table["pair"] == pair) & (table["arm"] == arm)].iloc[0] for arm in ("baseline", "neftune"))
+        models = (b["model"], t["model"])
+        parts.append(evidence_row(claim, "GPT-4 win rate, published answers", pair, models,
+                                  interval_verdict((b["ci_low"], b["ci_high"]), (t["ci_low"], t["ci_high"])),
+                                  basis=WIN_BASIS, baseline=b["win_rate"], treatment=t["win_rate"],
+                                  difference=t["win_rate"] - b["win_rate"], baseline_low=b["ci_low"],
+                                  baseline_high=b["ci_high"], treatment_low=t["ci_low"], treatment_high=t["ci_high"]))
+        parts.append(evidence_row("length_diversity", f"answer length (characters), {pair} pair", pair, models,
+                                  interval_verdict((b["avg_chars_low"], b["avg_chars_high"]),
+                                                   (t["avg_chars_low"], t["avg_chars_high"])),
+                                  basis="each model's bootstrap 95% interval", baseline=b["avg_chars"],
+                                  treatment=t["avg_chars"], difference=t["avg_chars"] - b["avg_chars"]))
+        # Different answers, not paired: the difference's interval is bounded by the two models' intervals.
+        low = t["log_diversity_low"] - b["log_diversity_high"]
+        high = t["log_diversity_high"] - b["log_diversity_low"]
+        margin = DIVERSITY_MARGIN * abs(b["log_diversity"])
+        parts.append(evidence_row("length_diversity", f"log-diversity (cut at {int(b['cutoff'])} words), {pair} pair",
+                                  pair, models, flat_verdict(low, high, margin),
+                                  f"'unchanged' means within +-{margin:.3g}",
+                                  basis="difference bounded by each model's bootstrap 95% interval (conservative)",
+                                  baseline=b["log_diversity"], treatment=t["log_diversity"],
+                                  difference=t["log_diversity"] - b["log_diversity"], low=low, high=high))
+    return [{"scope": "published", **p} for p in parts]
+
+
+def _describe(r: pd.Series) -> str:
+    if r["verdict"] == NOT_MEASURED:
+        return f"{r['part']}: not measured ({r['note']})"
+    if pd.notna(r["baseline_low"]):
+        return (f"{r['part']}: {r['baseline']:.3g} [{r['baseline_low']:.3g}, {r['baseline_high']:.3g}] -> "
+                f"{r['treatment']:.3g} [{r['treatment_low']:.3g}, {r['treatment_high']:.3g}]: {r['verdict']}")
+    interval = f", 95% CI [{r['low']:.3g}, {r['high']:.3g}]" if pd.notna(r["low"]) else ""
+    return (f"{r['part']}: {r['baseline']:.3g} -> {r['treatment']:.3g} "
+            f"(difference {r['difference']:+.3g}{interval}): {r['verdict']}")
+
+
+def claims_table(evidence: pd.DataFrame, info: dict) -> pd.DataFrame:
+    """One row per claim: the paper's statement and setting, ours, our numbers, and the combined verdicts."""
+    rows = []
+    for claim, text in CLAIMS.items():
+        ours = evidence[(evidence["claim_id"] == claim) & (evidence["scope"] == "ours")]
+        pub = evidence[(evidence["claim_id"] == claim) & (evidence["scope"] == "published")]
+        source, setting, says = STATEMENTS[claim]
+        arms = sorted({f"{r.stage}: {r.baseline_arm} -> {r.treatment_arm}" for r in ours.itertuples()
+                       if r.baseline_arm and r.treatment_arm})
+        rows.append({"claim_id": claim, "claim": text, "paper_says": says, "paper_source": f"{PAPER}, {source}",
+                     "paper_setting": setting,
+                     "our_setting": f"{info['model']} ({info['method']}) on {info['train_data']}; {info['scale']}",
+                     "arms": "; ".join(arms), "measured": "; ".join(_describe(r) for _, r in ours.iterrows()),
+                     "verdict": combine(list(ours["verdict"])),
+                     "published_measured": "; ".join(_describe(r) for _, r in pub.iterrows()),
+                     "published_verdict": combine(list(pub["verdict"])) if len(pub) else NOT_MEASURED})
+    return pd.DataFrame(rows)
+
+
+def paper_vs_ours(evidence: pd.DataFrame, info: dict) -> pd.DataFrame:
+    """The paper's numbers (Figure 1, its published answers) and statements beside our measurements,
+    with model, data, judge and scale on each side."""
+    ours_side = {"ours_model": f"{info['model']} ({info['method']})", "ours_data": info["train_data"],
+                 "ours_judge": info["judge"], "ours_scale": info["scale"]}
+
+    def ours(r: pd.Series) -> dict:
+        return {**ours_side, "ours_arms": f"{r['stage']}: {r['baseline_arm']} -> {r['treatment_arm']}",
+                "ours_before": r["baseline"], "ours_after": r["treatment"], "ours_difference": r["difference"],
+                "ours_interval": _describe(r).split(": ", 1)[1], "ours_verdict": r["verdict"]}
+
+    rows, matched = [], paper_dataset(info["train_data"])
+    win = evidence[(evidence["claim_id"] == "win_rate_up") & (evidence["scope"] == "ours")].iloc[0]
+    for name, (before, after) in FIGURE1.items():
+        row = {"topic": "AlpacaEval win rate", "metric": f"win rate (%), {name}",
+               "paper_source": FIGURE1_SETTING["source"],
+               "paper_model": FIGURE1_SETTING["model"], "paper_data": name, "paper_judge": FIGURE1_SETTING["judge"],
+               "paper_scale": FIGURE1_SETTING["scale"], "paper_before": before, "paper_after": after}
+        rows.append({**row, **(ours(win) if name == matched else {})})
+    if matched is None:
+        rows.append({"topic": "AlpacaEval win rate", "metric": "win rate (%), our data", **ours(win)})
+    for _, r in evidence[evidence["scope"] == "published"].iterrows():
+        if r["verdict"] == NOT_MEASURED:
+            rows.append({"topic": CLAIMS[r["claim_id"]], "metric": r["part"], "paper_statement": r["note"]})
+            continue
+        rows.append({"topic": CLAIMS[r["claim_id"]], "metric": r["part"],
+                     "paper_source": "AlpacaEval leaderboard files of the paper's models, recomputed here",
+                     "paper_model": f"{r['baseline_arm']} -> {r['treatment_arm']}",
+                     "paper_data": "AlpacaEval, 805 prompts",
+                     "paper_judge": "GPT-4 (alpaca_eval_gpt4)" if "win rate" in r["part"] else "",
+                     "paper_scale": "7B", "paper_before": r["baseline"], "paper_after": r["treatment"]})
+    for _, r in evidence[(evidence["scope"] == "ours") & (evidence["claim_id"] != "win_rate_up")].iterrows():
+        source, setting, says = STATEMENTS[r["claim_id"]]
+        rows.append({"topic": CLAIMS[r["claim_id"]], "metric": r["part"], "paper_source": source,
+                     "paper_model": setting, "paper_statement": says, **ours(r)})
+    return pd.DataFrame(rows)
+
+
+def summary_markdown(claims: pd.DataFrame, info: dict) -> str:
+    """The claims in a few lines of Markdown: which held at our scale and which did not."""
+    lines = [f"### Claims at our scale: {info['model']} ({info['method']}) on {info['train_data']}",
+             f"{info['scale']}; judge: {info['judge']}.", ""]
+    for r in claims.itertuples():
+        published = ("" if r.published_verdict == NOT_MEASURED
+                     else f" (paper's published answers: {r.published_verdict})")
+        lines.append(f"- **{r.claim}**: {r.verdict}{published}. {r.measured}")
+    counts = claims["verdict"].value_counts()
+    lines += ["", "Verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + "."]
+    return "\n".join(lines)
+
+
+def build_report(run: str, roles: dict[str, dict] | None = None, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Every report table of a run, from its results alone, written to results/<run>/report/ (rebuilt each
+    call: the tables only derive from results, so a later sweep arm or analysis shows up on the next call)."""
+    ev = RunEvidence(run, n_boot=n_boot, seed=seed)
+    if ev.arms.empty:
+        raise FileNotFoundError(f"{run_dir(run)} has no trained arms (train/summary.csv): run 01-05 first")
+    evidence = pd.DataFrame(our_evidence(ev, roles) + published_evidence(run))
+    tables = {"claims": claims_table(evidence, ev.info), "paper_vs_ours": paper_vs_ours(evidence, ev.info),
+              "claim_evidence": evidence, "arms": ev.arms}
+    out = run_dir(run) / "report"
+    for name in REPORT_TABLES:
+        write_csv(out / f"{name}.csv", tables[name].astype(object).where(tables[name].notna(), None).to_dict("records"))
+    summary = summary_markdown(tables["claims"], ev.info)
+    tmp = out / ".summary.md.tmp"
+    tmp.write_text(summary + "\n", encoding="utf-8")
+    tmp.replace(out / "summary.md")
+    mark_done(out, tables=list(REPORT_TABLES))
+    tables["summary"] = summary
+    return tables

@@ -1,0 +1,99 @@
+"""Alpha x seed sweeps: one tidy row per trained arm, effects against alpha 0 measured against the seed spread."""
+from __future__ import annotations
+
+import pandas as pd
+
+from neftlib.config import RunConfig
+from neftlib.io import read_json, write_csv
+from neftlib.stages import stage_dir, trained_arms
+
+# metric column -> what the paper predicts NEFTune does to it (+1 up, -1 down, 0 unchanged)
+METRICS = {
+    "train_loss_nonoise": +1,  # higher training loss (less overfitting)
+    "heldout_loss": -1,  # lower loss on held-out data of the same kind
+    "other_loss": -1,  # lower loss on another instruction set
+    "rouge_l": -1,  # less copying of training responses
+    "bleu": -1,
+    "avg_chars": +1,  # longer answers
+    "rep_2": 0, "rep_3": 0, "rep_4": 0, "log_diversity": 0,  # unchanged diversity
+    "win_rate": +1,  # the headline claim
+}
+
+
+def arm_metrics(cfg: RunConfig) -> pd.DataFrame:
+    """One row per trained arm: its alpha, distribution, training seed and every measured metric (04 and 05 done)."""
+    over = pd.read_csv(stage_dir(cfg, "analysis") / "overfitting.csv")
+    div = pd.read_csv(stage_dir(cfg, "analysis") / "diversity.csv").rename(columns={"name": "label"})
+    wins = pd.read_csv(stage_dir(cfg, "eval") / "winrates.csv")
+    rows = []
+    for stage, arm, folder in trained_arms(cfg):
+        summary = read_json(folder / "summary.json")
+        label = f"{stage}-{arm}"
+        row = {"run": cfg.run_name, "stage": stage, "arm": arm, "model": cfg.model, "alpha": summary["alpha"],
+               "distribution": summary["distribution"], "seed": summary.get("seed", cfg.seed)}
+        for frame, key in ((over, over["stage"] + "-" + over["arm"]), (div, div["label"]),
+                           (wins, wins["stage"] + "-" + wins["arm"])):
+            match = frame[key == label]
+            if not match.empty:
+                row.update({k: v for k, v in match.iloc[0].items() if k in METRICS or k in (
+                    "ci_low", "ci_high", "judge_agreement", "n_kept")})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def alpha_effects(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per stage, distribution, alpha > 0 and metric: mean change against the same seeds' alpha-0 arms.
+
+    `seed_spread` is the largest change between two alpha-0 arms of different seeds (the noise floor of
+    the data order alone); `beyond_seeds` says whether every seed's change exceeds it in the same direction.
+    """
+    rows = []
+    for stage, frame in metrics.groupby("stage"):
+        base = frame[frame["alpha"] == 0].set_index("seed")
+        for metric, predicted in METRICS.items():
+            if metric not in frame or base.empty:
+                continue
+            spread = float(base[metric].max() - base[metric].min()) if len(base) > 1 else float("nan")
+            for (dist, alpha), arms in frame[frame["alpha"] > 0].groupby(["distribution", "alpha"]):
+                deltas = [float(r[metric] - base.loc[r["seed"], metric]) for _, r in arms.iterrows()
+                          if r["seed"] in base.index]
+                if not deltas:
+                    continue
+                same_sign = all(d > 0 for d in deltas) or all(d < 0 for d in deltas)
+                beyond = len(deltas) > 1 and spread == spread and same_sign and min(abs(d) for d in deltas) > spread
+                rows.append({"stage": stage, "distribution": dist, "alpha": alpha, "metric": metric,
+                             "predicted": {1: "up", -1: "down", 0: "unchanged"}[predicted],
+                             "mean_change": sum(deltas) / len(deltas), "min_change": min(deltas),
+                             "max_change": max(deltas), "n_seeds": len(deltas), "seed_spread": spread,
+                             "beyond_seeds": beyond})
+    return pd.DataFrame(rows)
+
+
+def sweep_tables(cfg: RunConfig) -> dict[str, pd.DataFrame]:
+    """arm_metrics.csv and alpha_effects.csv under results/<run>/analysis/ (rebuilt from 04 and 05)."""
+    out = stage_dir(cfg, "analysis")
+    metrics = arm_metrics(cfg)
+    effects = alpha_effects(metrics)
+    write_csv(out / "arm_metrics.csv", metrics.to_dict("records"))
+    write_csv(out / "alpha_effects.csv", effects.to_dict("records"))
+    return {"arm_metrics": metrics, "alpha_effects": effects}
+
+
+def sweep_figure(run: str):
+    """Every metric against alpha: each training seed a point, the mean over seeds a line (one panel per metric)."""
+    import seaborn as sns
+
+    from neftlib.figures import _save
+    from neftlib.paths import run_dir
+
+    metrics = pd.read_csv(run_dir(run) / "analysis" / "arm_metrics.csv")
+    metrics = metrics[metrics["distribution"] == "uniform"]
+    present = [m for m in METRICS if m in metrics and metrics[m].notna().any()]
+    long = metrics.melt(id_vars=["stage", "alpha", "seed"], value_vars=present, var_name="metric")
+    grid = sns.relplot(long, x="alpha", y="value", col="metric", hue="stage", kind="line", marker="o",
+                       errorbar=None, col_wrap=4, height=2.4, facet_kws={"sharey": False})
+    grid.map_dataframe(sns.stripplot, x="alpha", y="value", native_scale=True, color="k", size=3, alpha=0.6)
+    model = metrics["model"].iloc[0] if "model" in metrics else ""
+    grid.figure.suptitle(f"NEFTune alpha sweep ({model}, run {run}): seeds as points, mean as line", y=1.02)
+    _save(grid.figure, run, "alpha_sweep")
+    return grid.figure

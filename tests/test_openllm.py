@@ -1,0 +1,93 @@
+"""OpenLLM tasks through lm-evaluation-harness, offline: a local task on the tiny random model, per arm."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from neftlib.config import load_config
+from neftlib.io import mark_done
+from neftlib.openllm import OPENLLM_V1, parse_tasks, run_tasks
+
+TASK = Path(__file__).parent / "fixtures" / "lm_eval_tasks" / "neftlib_tiny_mc.yaml"
+N_TEST_DOCS = 8  # rows of the fixture's test split
+
+
+def test_parse_tasks():
+    assert parse_tasks("") == ()
+    assert parse_tasks("openllm-v1") == OPENLLM_V1
+    assert parse_tasks(" arc_challenge:25, hellaswag:10 ") == (("arc_challenge", 25), ("hellaswag", 10))
+    assert parse_tasks(f"{TASK}:2") == ((str(TASK), 2),)
+    for bad in ("arc_challenge", "arc_challenge:x", ":5", "mmlu:5,"):
+        with pytest.raises(ValueError, match="task:shots"):
+            parse_tasks(bad)
+    with pytest.raises(ValueError, match="task:shots"):
+        load_config("smoke", openllm_tasks="hellaswag")  # refused before anything runs
+
+
+def test_leaderboard_settings_only_in_the_gpu_profile():
+    # Open LLM Leaderboard v1: ARC 25-shot, HellaSwag 10, MMLU 5, TruthfulQA (mc2) 0
+    assert dict(parse_tasks(load_config("gpu-7b").openllm_tasks)) == {
+        "arc_challenge": 25, "hellaswag": 10, "mmlu": 5, "truthfulqa_mc2": 0}
+    assert load_config("smoke").openllm_tasks == "" and load_config("cpu").openllm_tasks == ""
+
+
+def test_missing_lm_eval_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # import lm_eval now raises ImportError
+    with pytest.raises(ImportError, match="pip install lm-eval"):
+        run_tasks(None, None, ((str(TASK), 0),))
+
+
+def test_local_task_on_tiny_model_gives_an_accuracy():
+    from neftlib.models import load_base, load_tokenizer
+
+    rows = run_tasks(load_base("tiny-random"), load_tokenizer("tiny-random"), ((str(TASK), 2),), batch_size=4)
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["task"], row["num_fewshot"], row["metric"], row["n"]) == ("neftlib_tiny_mc", 2, "acc", N_TEST_DOCS)
+    assert isinstance(row["value"], float) and 0.0 <= row["value"] <= 1.0
+    assert row["value"] * N_TEST_DOCS == pytest.approx(round(row["value"] * N_TEST_DOCS))  # a share of 8 documents
+
+
+def _fake_trained_arms(cfg, arms):
+    """Stand-ins for trained arms: the tiny model, its weights nudged differently per arm."""
+    from neftlib.models import load_base
+    from neftlib.stages import stage_dir
+
+    for i, arm in enumerate(arms):
+        model = load_base("tiny-random")
+        with torch.no_grad():
+            gen = torch.Generator().manual_seed(i)
+            for p in model.parameters():
+                p.add_(0.02 * torch.randn(p.shape, generator=gen))
+        folder = stage_dir(cfg, "train") / arm
+        model.save_pretrained(folder / "model")
+        mark_done(folder)
+
+
+def test_evaluation_stage_writes_openllm_and_the_full_win_rate_table(results):
+    from neftlib.evaluate import evaluate
+    from neftlib.stages import prepare_data, stage_dir, start_run
+
+    arms = ("baseline", "neftune")
+    cfg = start_run("smoke", "openllm", arms=arms, qlora_arms=(), openllm_tasks=f"{TASK}:2")
+    prepare_data(cfg)
+    _fake_trained_arms(cfg, arms)
+
+    wins = evaluate(cfg, progress=False)
+    # every arm's win rate comes with its error bars, its length-controlled twin, its length and judge agreement
+    for col in ("win_rate", "standard_error", "ci_low", "ci_high", "lc_win_rate", "avg_length",
+                "judge_agreement", "agreement_n"):
+        assert col in wins.columns, col
+    assert list(wins["arm"]) == list(arms)
+    assert wins["lc_win_rate"].between(0, 100).all()
+
+    table = pd.read_csv(stage_dir(cfg, "eval") / "openllm.csv")
+    assert list(table["arm"]) == list(arms)  # one row per arm and task
+    assert (table["task"] == "neftlib_tiny_mc").all() and (table["num_fewshot"] == 2).all()
+    assert table["value"].between(0, 1).all() and table["value"].notna().all()
+    assert (table["n"] == N_TEST_DOCS).all()
+    assert (stage_dir(cfg, "eval") / "train-neftune" / "openllm.json").exists()  # per-arm, resumable

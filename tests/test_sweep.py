@@ -1,0 +1,52 @@
+"""Alpha x seed sweeps: arm names, training through the stage code, and the effect-vs-seed-spread table."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from neftlib.config import load_config, parse_arm, sweep_arms
+from neftlib.sweep import alpha_effects
+
+
+def test_sweep_arm_names_carry_alpha_distribution_and_seed():
+    cfg = load_config("smoke")
+    assert sweep_arms((0, 5, 12.5), (0, 1)) == ("alpha0-seed0", "alpha0-seed1", "alpha5-seed0", "alpha5-seed1",
+                                                 "alpha12.5-seed0", "alpha12.5-seed1")
+    arm = parse_arm("gauss5-seed3", cfg)
+    assert (arm.alpha, arm.distribution, arm.seed) == (5.0, "gaussian", 3)
+    assert parse_arm("neftune", cfg).seed is None
+    with pytest.raises(ValueError, match="sweep arm like 'alpha10-seed1'"):
+        load_config("smoke", arms=("alpha-5-seed0",))
+
+
+def test_sweep_arms_train_with_their_own_seed(results):
+    from neftlib.stages import prepare_data, start_run, train_arms
+
+    cfg = start_run("smoke", arms=("baseline", "alpha0-seed0", "alpha0-seed1", "alpha5-seed1"), max_steps=3)
+    prepare_data(cfg)
+    table = train_arms(cfg).set_index("arm")
+    # The run seed is 0: its alpha-0 arm is the baseline to the last digit; another seed is another run.
+    assert table.loc["alpha0-seed0", "final_loss"] == table.loc["baseline", "final_loss"]
+    assert table.loc["alpha0-seed1", "final_loss"] != table.loc["baseline", "final_loss"]
+    assert table.loc["alpha5-seed1", "seed"] == 1 and table.loc["alpha5-seed1", "alpha"] == 5.0
+    assert table.loc["alpha5-seed1", "final_loss"] != table.loc["alpha0-seed1", "final_loss"]
+
+
+def _metrics(values: dict[tuple[float, int], float]) -> pd.DataFrame:
+    return pd.DataFrame([{"stage": "train", "arm": f"alpha{a:g}-seed{s}", "alpha": a, "distribution": "uniform",
+                          "seed": s, "avg_chars": v} for (a, s), v in values.items()])
+
+
+def test_alpha_effect_counts_only_beyond_the_seed_spread():
+    # Seeds move length by 10; alpha 5 adds 50 to both seeds, alpha 10 adds 5 and -3.
+    frame = _metrics({(0, 0): 300, (0, 1): 310, (5, 0): 350, (5, 1): 360, (10, 0): 305, (10, 1): 307})
+    effects = alpha_effects(frame).set_index("alpha")
+    assert effects.loc[5.0, "seed_spread"] == 10
+    assert effects.loc[5.0, "mean_change"] == 50 and bool(effects.loc[5.0, "beyond_seeds"])
+    assert effects.loc[10.0, "mean_change"] == 1 and not bool(effects.loc[10.0, "beyond_seeds"])
+    assert effects.loc[5.0, "predicted"] == "up"
+
+
+def test_one_seed_never_counts_as_beyond_the_seed_spread():
+    effects = alpha_effects(_metrics({(0, 0): 300, (5, 0): 400}))
+    assert effects["n_seeds"].tolist() == [1] and not effects["beyond_seeds"].any()
