@@ -287,6 +287,8 @@ class RunEvidence:
         row = self._paired(claim, part, stage, pair, lambda i: log_diversity_of(cb[i]),
                            lambda i: log_diversity_of(ct[i]), len(cb), lambda lo, hi: flat_verdict(lo, hi, margin))
         row["note"] += f"; 'unchanged' means within +-{margin:.3g} ({DIVERSITY_MARGIN:.0%} of the baseline)"
+        if row["verdict"] == NOT_HELD:
+            row["note"] += "; diversity " + ("rose, less repetition" if row["difference"] > 0 else "fell")
         return row
 
     def loss(self, claim: str, stage: str, pair: tuple, subset: str, expect: str, part: str) -> dict:

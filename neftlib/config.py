@@ -32,7 +32,7 @@ class RunConfig:
     lora_alpha: int = 32  # LoRA scaling numerator
     lora_dropout: float = 0.05  # dropout on the LoRA branch
     lora_targets: tuple[str, ...] = ALL_LINEAR  # modules that get LoRA adapters (all linear layers, as QLoRA)
-    precision: str = "fp32"  # compute dtype: fp32 on CPU, bf16 on recent GPUs (the paper trains in bf16)
+    precision: str = "fp32"  # compute dtype (autocast); trained weights stay fp32. bf16 on recent GPUs, as the paper
     gradient_checkpointing: bool = False  # trade compute for memory (7B)
     # --- data ---
     train_data: str = "mini"  # "mini" (data/), "alpaca", "evol-instruct", "open-platypus", "sharegpt" (NEFTLIB_DATA_DIR, else the hub), "auto" (local alpaca else mini), or a file

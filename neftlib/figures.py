@@ -258,8 +258,8 @@ def length_diversity_table(run: str):
     table.auto_set_font_size(False)
     table.set_fontsize(8)
     table.auto_set_column_width(list(range(len(columns))))
-    ax.set_title("Answer length, n-gram repetition and log-diversity on AlpacaEval prompts "
-                 f"(answers shorter than the cutoff dropped; ours: {_about(info)})", fontsize=9)
+    ax.set_title("Answer length, n-gram repetition and log-diversity on AlpacaEval prompts\n"
+                 f"(repetition on answers cut at the cutoff, shorter ones dropped; ours: {_about(info)})", fontsize=9)
     _save(fig, run, "length_diversity_table")
     return fig
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from neftlib.claims import (CLAIMS, DIVERSITY_MARGIN, NOT_MEASURED, WIN_BASIS, RunEvidence, combine, evidence_row,
-                            flat_verdict, interval_verdict, is_chat_model, pick_roles, read_table, unmeasured)
+from neftlib.claims import (CLAIMS, DIVERSITY_MARGIN, NOT_HELD, NOT_MEASURED, WIN_BASIS, RunEvidence, combine,
+                            evidence_row, flat_verdict, interval_verdict, is_chat_model, pick_roles, read_table,
+                            unmeasured)
 from neftlib.io import mark_done, write_csv
 from neftlib.paper import FIGURE1, FIGURE1_SETTING, PAPER, STATEMENTS, paper_dataset
 from neftlib.paths import run_dir
@@ -64,17 +65,20 @@ def published_evidence(run: str) -> list[dict]:
                                   interval_verdict((b["avg_chars_low"], b["avg_chars_high"]),
                                                    (t["avg_chars_low"], t["avg_chars_high"])),
                                   basis="each model's bootstrap 95% interval", baseline=b["avg_chars"],
-                                  treatment=t["avg_chars"], difference=t["avg_chars"] - b["avg_chars"]))
+                                  treatment=t["avg_chars"], difference=t["avg_chars"] - b["avg_chars"],
+                                  baseline_low=b["avg_chars_low"], baseline_high=b["avg_chars_high"],
+                                  treatment_low=t["avg_chars_low"], treatment_high=t["avg_chars_high"]))
         # Different answers, not paired: the difference's interval is bounded by the two models' intervals.
         low = t["log_diversity_low"] - b["log_diversity_high"]
         high = t["log_diversity_high"] - b["log_diversity_low"]
         margin = DIVERSITY_MARGIN * abs(b["log_diversity"])
+        verdict, diff = flat_verdict(low, high, margin), t["log_diversity"] - b["log_diversity"]
+        moved = {NOT_HELD: "; diversity rose, less repetition" if diff > 0 else "; diversity fell"}.get(verdict, "")
         parts.append(evidence_row("length_diversity", f"log-diversity (cut at {int(b['cutoff'])} words), {pair} pair",
-                                  pair, models, flat_verdict(low, high, margin),
-                                  f"'unchanged' means within +-{margin:.3g}",
+                                  pair, models, verdict, f"'unchanged' means within +-{margin:.3g}{moved}",
                                   basis="difference bounded by each model's bootstrap 95% interval (conservative)",
                                   baseline=b["log_diversity"], treatment=t["log_diversity"],
-                                  difference=t["log_diversity"] - b["log_diversity"], low=low, high=high))
+                                  difference=diff, low=low, high=high))
     return [{"scope": "published", **p} for p in parts]
 
 
@@ -82,11 +86,12 @@ def _describe(r: pd.Series) -> str:
     if r["verdict"] == NOT_MEASURED:
         return f"{r['part']}: not measured ({r['note']})"
     if pd.notna(r["baseline_low"]):
-        return (f"{r['part']}: {r['baseline']:.3g} [{r['baseline_low']:.3g}, {r['baseline_high']:.3g}] -> "
-                f"{r['treatment']:.3g} [{r['treatment_low']:.3g}, {r['treatment_high']:.3g}]: {r['verdict']}")
-    interval = f", 95% CI [{r['low']:.3g}, {r['high']:.3g}]" if pd.notna(r["low"]) else ""
-    return (f"{r['part']}: {r['baseline']:.3g} -> {r['treatment']:.3g} "
-            f"(difference {r['difference']:+.3g}{interval}): {r['verdict']}")
+        return (f"{r['part']}: {r['baseline']:.4g} [{r['baseline_low']:.4g}, {r['baseline_high']:.4g}] -> "
+                f"{r['treatment']:.4g} [{r['treatment_low']:.4g}, {r['treatment_high']:.4g}]: {r['verdict']}")
+    interval = f", 95% CI [{r['low']:.4g}, {r['high']:.4g}]" if pd.notna(r["low"]) else ""
+    moved = f" ({str(r['note']).split('; diversity ')[1]})" if "; diversity " in str(r["note"]) else ""
+    return (f"{r['part']}: {r['baseline']:.4g} -> {r['treatment']:.4g} "
+            f"(difference {r['difference']:+.4g}{interval}): {r['verdict']}{moved}")
 
 
 def claims_table(evidence: pd.DataFrame, info: dict) -> pd.DataFrame:

@@ -63,7 +63,8 @@ def check_fits(cfg: RunConfig, device: torch.device | None = None, shards: int =
     if need > have:
         raise MemoryError(
             f"model {cfg.model!r} with method={cfg.method!r} needs about {need / 2**30:.1f} GiB to train; "
-            f"{where} has {have / 2**30:.1f} GiB free. Use method='qlora' or 'lora', a smaller model, or a bigger device."
+            f"{where} has {have / 2**30:.1f} GiB free. Use method='qlora' or 'lora', a smaller model, a bigger device, "
+            "or shard it over several GPUs (configs/accelerate/fsdp_7b.yaml)."
         )
 
 

@@ -141,9 +141,9 @@ def _make_run(root: Path, names: dict[str, str]) -> str:
                 losses.append({"run": "fake", "stage": "train", "arm": arm, "set": subset, "example": i,
                                "tokens": 10 + i, "loss": loss})
     # OpenLLM accuracies (percent) with standard errors: flat within 2 points
-    write_csv(run / "eval" / "openllm.csv", [{"stage": "train", "arm": names[role], "task": task, "acc": acc, "stderr": 0.3}
-                                             for task in ("arc", "mmlu") for role, acc in (("baseline", 40.0),
-                                                                                          ("neftune", 40.2))])
+    write_csv(run / "eval" / "openllm.csv", [
+        {"stage": "train", "arm": names[role], "task": task, "acc": acc, "stderr": 0.3}
+        for task in ("arc", "mmlu") for role, acc in (("baseline", 40.0), ("neftune", 40.2))])
     write_csv(run / "train" / "summary.csv", summary)
     write_csv(run / "eval" / "winrates.csv", table)
     write_csv(run / "analysis" / "example_losses.csv", losses)
