@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from neftlib.config import load_config  # noqa: E402
 from neftlib.data import load_eval_set  # noqa: E402
 from neftlib.generate import eval_prompts, generate_answers  # noqa: E402
+from neftlib.io import write_json  # noqa: E402
 from neftlib.models import load_base, load_tokenizer, on_best_device  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "generate_throughput.json"
@@ -150,10 +151,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = a.out.with_name(a.out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, a.out)  # readers never see a half-written file
+    write_json(a.out, result)  # atomic: readers never see a half-written file
     print(json.dumps(result, indent=2))
     return result
 

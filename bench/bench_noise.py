@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from neftlib.io import write_json  # noqa: E402
 from neftlib.noise import add_neftune_noise, neftune  # noqa: E402
 
 ALPHA = 5.0
@@ -191,10 +192,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = a.out.with_name(a.out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, a.out)  # readers never see a half-written file
+    write_json(a.out, result)  # atomic: readers never see a half-written file
     print(json.dumps(result, indent=2))
     return result
 

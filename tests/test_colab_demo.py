@@ -1,5 +1,4 @@
 """The Colab QLoRA demo notebook: thin and clean, and on a CPU it runs end to end in the smoke profile."""
-import ast
 import json
 from pathlib import Path
 
@@ -11,19 +10,9 @@ PROJ = Path(__file__).resolve().parents[1]
 NOTEBOOK = PROJ / "notebooks" / "colab_qlora_demo.ipynb"
 
 
-def test_demo_notebook_is_clean_and_thin():
+def test_demo_notebook_opens_on_a_gpu_runtime():
+    # clean and thin: tests/test_notebooks.py::test_notebook_is_clean_and_thin
     nb = json.loads(NOTEBOOK.read_text())
-    cells = nb["cells"]
-    assert cells[0]["cell_type"] == "markdown" and "Reproduces" in "".join(cells[0]["source"])
-    code = [c for c in cells if c["cell_type"] == "code"]
-    assert not any(c.get("outputs") or c.get("execution_count") for c in code), "outputs committed"
-    tagged = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
-    assert len(tagged) == 1 and tagged[0] is code[0], "exactly one parameters cell, the first code cell"
-    for cell in code:
-        tree = ast.parse("".join(cell["source"]))
-        assert not any(isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)) for n in ast.walk(tree))
-    params = ast.parse("".join(tagged[0]["source"]))
-    assert all(isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant) for n in params.body), "literals only"
     assert nb["metadata"].get("accelerator") == "GPU"  # Colab opens it on a GPU runtime
 
 
