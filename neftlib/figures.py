@@ -249,7 +249,10 @@ def length_diversity_table(run: str):
     frame = pd.concat(frames, ignore_index=True)
     columns = {"source": "from", "name": "model / arm", "cutoff": "cut at (words)", "n_kept": "answers kept",
                "avg_chars": "avg chars", "avg_tokens": "avg words", "rep_2": "rep-2 %", "rep_3": "rep-3 %",
-               "rep_4": "rep-4 %", "log_diversity": "log-diversity"}
+               "rep_4": "rep-4 %", "log_diversity": "log-diversity",
+               "log_diversity_release": "log-div. (release code)"}
+    # Tables written before the release-code column existed still draw.
+    columns = {key: label for key, label in columns.items() if key in frame}
     cells = [[("-" if np.isnan(v) else f"{v:.2f}") if isinstance(v, float) else str(v) for v in row]
              for row in frame[list(columns)].itertuples(index=False)]
     fig, ax = plt.subplots(figsize=(13, 0.9 + 0.32 * len(cells)))
@@ -302,6 +305,13 @@ def gaussian_ablation(run: str, n_boot: int = 2000):
     return fig
 
 
+def _alpha_sweep(run: str):
+    # Imported here: the sweep module pulls in the training stages, which plain figure users do not need.
+    from neftlib.sweep import sweep_figure
+
+    return sweep_figure(run)
+
+
 def rebuild_all(run: str) -> dict[str, str]:
     """Every figure of a run from results/<run>/ alone; returns each figure's path, or why it was skipped."""
     info = run_info(run)
@@ -316,6 +326,7 @@ def rebuild_all(run: str) -> dict[str, str]:
         "rouge_bleu": lambda: rouge_bleu(run), "length_diversity": lambda: lengths(run),
         "length_diversity_table": lambda: length_diversity_table(run),
         "gaussian_ablation": lambda: gaussian_ablation(run),
+        "alpha_sweep": lambda: _alpha_sweep(run),
     }
     made = {}
     for name, draw in jobs.items():

@@ -15,7 +15,7 @@ METRICS = {
     "rouge_l": -1,  # less copying of training responses
     "bleu": -1,
     "avg_chars": +1,  # longer answers
-    "rep_2": 0, "rep_3": 0, "rep_4": 0, "log_diversity": 0,  # unchanged diversity
+    "rep_2": 0, "rep_3": 0, "rep_4": 0, "log_diversity": 0, "log_diversity_release": 0,  # unchanged diversity
     "win_rate": +1,  # the headline claim
 }
 

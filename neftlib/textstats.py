@@ -13,6 +13,12 @@ its own answer, and the unique and total counts are summed over answers before t
 Two deliberate departures from that code: every n-gram of an answer is counted (SimCTG's
 loop skips the last one), and rep_n is kept in percent before the /100 (the per-text variant
 in Kirchenbauer's release leaves it a fraction, which makes diversity ~1).
+
+Because the NEFTune tables may have been made with that released code rather than with the
+formula as written, `log_diversity_release` reproduces it too: per answer, n-grams counted as
+its loop counts them, repetition left a fraction and divided by 100 once more, capped at 20,
+then averaged over answers. It sits near the cap (about 8 to 20) where `log_diversity` sits
+near 2 to 4; compare each only with the same column.
 """
 from __future__ import annotations
 
@@ -94,6 +100,25 @@ def log_diversity(text_tokens_list: Sequence[Sequence[str]], ns: Sequence[int] =
     return -math.log(max(1.0 - div, math.exp(-LOG_DIVERSITY_CAP)))
 
 
+def log_diversity_release(text_tokens_list: Sequence[Sequence[str]], ns: Sequence[int] = (2, 3, 4)) -> float:
+    """Mean over answers of the per-answer log-diversity computed as Kirchenbauer et al.'s
+    released `measure_repetition_and_diversity` computes it (see the module docstring).
+    NaN when no answer has more than max(ns) tokens."""
+    values: list[float] = []
+    for tokens in text_tokens_list:
+        div = 1.0
+        for n in ns:
+            # Their loop stops one n-gram short of the end of the answer.
+            grams = _ngrams(tokens, n)[:-1]
+            if not grams:
+                div = math.nan
+                break
+            div *= 1.0 - (1.0 - len(set(grams)) / len(grams)) / 100.0
+        if not math.isnan(div):
+            values.append(-math.log(max(1.0 - div, math.exp(-LOG_DIVERSITY_CAP))))
+    return sum(values) / len(values) if values else math.nan
+
+
 def _table_row(name: str, outputs: Sequence[str], cutoff: int) -> dict[str, Any]:
     if cutoff < 1:
         raise ValueError(f"cutoff must be >= 1, got {cutoff}")
@@ -115,6 +140,7 @@ def _table_row(name: str, outputs: Sequence[str], cutoff: int) -> dict[str, Any]
         "rep_4": reps[4],
         "diversity": diversity(cut),
         "log_diversity": log_diversity(cut),
+        "log_diversity_release": log_diversity_release(cut),
     }
 
 

@@ -15,6 +15,7 @@ from neftlib.textstats import (
     length_diversity_table,
     load_model_outputs,
     log_diversity,
+    log_diversity_release,
     rep_n,
     rouge_l,
     whitespace_tokens,
@@ -59,6 +60,19 @@ def test_diversity_by_hand():
     # nothing repeated: diversity 1, log-diversity at Kirchenbauer et al.'s cap of 20
     assert diversity([["a", "b", "c", "d", "e"]]) == 1.0
     assert log_diversity([["a", "b", "c", "d", "e"]]) == pytest.approx(20.0)
+
+
+def test_log_diversity_release_by_hand():
+    # "a b" x 5: the released loop drops the last n-gram, so 8 bigrams / 7 trigrams / 6 4-grams,
+    # 2 distinct of each; repetition stays a fraction and is divided by 100 again.
+    toks = [["a", "b"] * 5]
+    div = (1 - (1 - 2 / 8) / 100) * (1 - (1 - 2 / 7) / 100) * (1 - (1 - 2 / 6) / 100)
+    assert log_diversity_release(toks) == pytest.approx(-math.log(1 - div))
+    # an answer with no repeat sits at the cap; the set's value is the mean over answers
+    assert log_diversity_release([["a", "b", "c", "d", "e", "f"]]) == pytest.approx(20.0)
+    assert log_diversity_release(toks + [list("abcdef")]) == pytest.approx((-math.log(1 - div) + 20) / 2)
+    # too short for any 4-gram once the last is dropped: not counted
+    assert math.isnan(log_diversity_release([["a", "b", "c", "d"]]))
 
 
 def test_length_diversity_table_by_hand():
@@ -142,6 +156,7 @@ def test_real_alpaca_pair_cutoff_50():
     assert (before["n_kept"], after["n_kept"]) == (468, 759)
     assert before["rep_2"] == pytest.approx(5.189, abs=1e-3)
     assert after["log_diversity"] == pytest.approx(3.768, abs=1e-3)
+    assert (before["log_diversity_release"], after["log_diversity_release"]) == pytest.approx((11.054, 16.454), abs=1e-3)
 
 
 def test_real_llama_pair_cutoff_100():
