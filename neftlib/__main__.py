@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from neftlib.profiles import PROFILES
+
 WINRATE_KEYS = ("win_rate", "standard_error", "n_wins", "n_wins_base", "n_draws", "n_total", "avg_length")
 
 
@@ -13,7 +15,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neftlib", description="NEFTune replication pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute the notebooks in order with papermill")
-    run.add_argument("--profile", default="cpu", help="smoke, cpu, gpu-7b or colab-qlora")
+    run.add_argument("--profile", default="cpu", help=", ".join(PROFILES))
     run.add_argument("--run", default="", help="results/<run>/ folder (default: the profile name)")
     run.add_argument("--seed", type=int, default=None)
     run.add_argument("--alpha", type=float, default=None, help="NEFTune alpha of the noised arms")
@@ -21,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="rerun everything; the earlier run is moved aside")
     tr = sub.add_parser("train", help="prepare the data and train a stage's arms, no notebooks; runs as one "
                         "process or under accelerate launch / torchrun (every rank runs this same command)")
-    tr.add_argument("--profile", default="cpu", help="smoke, cpu, gpu-7b or colab-qlora")
+    tr.add_argument("--profile", default="cpu", help=", ".join(PROFILES))
     # --run-name: torchrun takes any --run... before the module's own arguments for its --run-path.
     tr.add_argument("--run", "--run-name", dest="run", default="",
                     help="results/<run>/ folder (default: the profile name); use --run-name under torchrun")
