@@ -177,6 +177,11 @@ def build_report(run: str, roles: dict[str, dict] | None = None, n_boot: int = 2
     for name in REPORT_TABLES:
         write_csv(out / f"{name}.csv", tables[name].astype(object).where(tables[name].notna(), None).to_dict("records"))
     summary = summary_markdown(tables["claims"], ev.info)
+    effects = read_table(run_dir(run) / "analysis" / "alpha_effects.csv")
+    if effects is not None:
+        from neftlib.sweep import sweep_conclusion  # the sweep module pulls in the training stages
+
+        summary += "\n\n" + sweep_conclusion(effects)
     tmp = out / ".summary.md.tmp"
     tmp.write_text(summary + "\n", encoding="utf-8")
     tmp.replace(out / "summary.md")

@@ -69,6 +69,46 @@ def alpha_effects(metrics: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# metric column -> how the written conclusion names it
+METRIC_NAMES = {
+    "train_loss_nonoise": "training loss without noise", "heldout_loss": "held-out loss",
+    "other_loss": "loss on another kind of data", "rouge_l": "ROUGE-L on training prompts",
+    "bleu": "BLEU on training prompts", "avg_chars": "answer length (chars)", "rep_2": "2-gram repetition %",
+    "rep_3": "3-gram repetition %", "rep_4": "4-gram repetition %", "log_diversity": "log-diversity",
+    "log_diversity_release": "log-diversity (release code)", "win_rate": "local judge's win rate",
+}
+
+
+def effect_verdict(row: pd.Series) -> str:
+    """What one alpha's change says about the paper's prediction, judged against the seed spread alone."""
+    if row["n_seeds"] < 2 or row["seed_spread"] != row["seed_spread"]:
+        return "one seed, cannot tell"
+    if not row["beyond_seeds"]:
+        return "as the paper says (within the seed spread)" if row["predicted"] == "unchanged" else "within the seed spread"
+    direction = "up" if row["mean_change"] > 0 else "down"
+    if row["predicted"] == "unchanged":
+        return f"{direction}, beyond the seed spread (paper: unchanged)"
+    return "as the paper says, beyond the seed spread" if direction == row["predicted"] else \
+        f"{direction}, beyond the seed spread (paper: {row['predicted']})"
+
+
+def sweep_conclusion(effects: pd.DataFrame) -> str:
+    """The sweep in a few lines of Markdown: per metric and alpha, the mean change against alpha 0 and what it says."""
+    # A run of one seed per alpha (the plain profiles) is no sweep: its pairs are in the claims table.
+    if effects.empty or effects["n_seeds"].max() < 2:
+        return ""
+    seeds = int(effects["n_seeds"].max())
+    lines = [f"### Alpha sweep: changes against alpha 0, {seeds} training seeds per alpha",
+             "A change counts only when every seed's change exceeds the largest difference between the "
+             "alpha-0 seeds, in the same direction.", ""]
+    for (stage, dist, metric), frame in effects.groupby(["stage", "distribution", "metric"], sort=False):
+        parts = [f"alpha {r.alpha:g}: {r.mean_change:+.3g} ({effect_verdict(pd.Series(r._asdict()))})"
+                 for r in frame.sort_values("alpha").itertuples()]
+        lines.append(f"- **{METRIC_NAMES.get(metric, metric)}** ({stage}, {dist} noise; paper: "
+                     f"{frame['predicted'].iloc[0]}; seed spread {frame['seed_spread'].iloc[0]:.3g}): " + "; ".join(parts))
+    return "\n".join(lines)
+
+
 def sweep_tables(cfg: RunConfig) -> dict[str, pd.DataFrame]:
     """arm_metrics.csv and alpha_effects.csv under results/<run>/analysis/ (rebuilt from 04 and 05)."""
     out = stage_dir(cfg, "analysis")

@@ -75,3 +75,20 @@ def test_a_stage_without_arms_leaves_the_arm_table_to_the_others(results):
     write_csv(results / "sw" / "qlora" / "summary.csv", [])
     arms = arm_table("sw")
     assert arms[["stage", "arm"]].values.tolist() == [["train", "alpha0-seed0"]]
+
+
+def test_sweep_conclusion_says_what_beats_the_seed_spread():
+    from neftlib.sweep import sweep_conclusion
+
+    frame = _metrics({(0, 0): 300, (0, 1): 310, (5, 0): 350, (5, 1): 360, (10, 0): 305, (10, 1): 307,
+                      (15, 0): 250, (15, 1): 240})
+    text = sweep_conclusion(alpha_effects(frame))
+    line = next(l for l in text.splitlines() if "answer length" in l)
+    assert "paper: up; seed spread 10" in line
+    assert "alpha 5: +50 (as the paper says, beyond the seed spread)" in line
+    assert "alpha 10: +1 (within the seed spread)" in line
+    assert "alpha 15: -60 (down, beyond the seed spread (paper: up))" in line
+    # one seed per alpha is no sweep: nothing to conclude from seeds
+    assert sweep_conclusion(alpha_effects(_metrics({(0, 0): 300, (5, 0): 400}))) == ""
+    partial = _metrics({(0, 0): 300, (0, 1): 301, (5, 0): 400, (5, 1): 410, (10, 0): 500})
+    assert "alpha 10: +200 (one seed, cannot tell)" in sweep_conclusion(alpha_effects(partial))
