@@ -114,7 +114,7 @@ def log_diversity_of(counts: np.ndarray) -> float:
 # ---------- reading a run ----------
 
 def read_table(path: Path) -> pd.DataFrame | None:
-    """A CSV of the run, or None when the stage has not written it or wrote no rows at all."""
+    """A CSV of the run, or None when the stage has not written it or the file is empty (write_csv of no rows)."""
     if not path.exists():
         return None
     try:

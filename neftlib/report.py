@@ -181,7 +181,8 @@ def build_report(run: str, roles: dict[str, dict] | None = None, n_boot: int = 2
     if effects is not None:
         from neftlib.sweep import sweep_conclusion  # the sweep module pulls in the training stages
 
-        summary += "\n\n" + sweep_conclusion(effects)
+        conclusion = sweep_conclusion(effects)
+        summary += f"\n\n{conclusion}" if conclusion else ""
     tmp = out / ".summary.md.tmp"
     tmp.write_text(summary + "\n", encoding="utf-8")
     tmp.replace(out / "summary.md")

@@ -81,15 +81,19 @@ METRIC_NAMES = {
 
 def effect_verdict(row: pd.Series) -> str:
     """What one alpha's change says about the paper's prediction, judged against the seed spread alone."""
-    if row["n_seeds"] < 2 or row["seed_spread"] != row["seed_spread"]:
+    if pd.isna(row["mean_change"]):
+        return "not measured"
+    if row["n_seeds"] < 2:
         return "one seed, cannot tell"
+    if pd.isna(row["seed_spread"]):
+        return "no seed spread to compare with"
     if not row["beyond_seeds"]:
         return "as the paper says (within the seed spread)" if row["predicted"] == "unchanged" else "within the seed spread"
     direction = "up" if row["mean_change"] > 0 else "down"
     if row["predicted"] == "unchanged":
-        return f"{direction}, beyond the seed spread (paper: unchanged)"
+        return f"{direction}, beyond the seed spread; paper: unchanged"
     return "as the paper says, beyond the seed spread" if direction == row["predicted"] else \
-        f"{direction}, beyond the seed spread (paper: {row['predicted']})"
+        f"{direction}, beyond the seed spread; paper: {row['predicted']}"
 
 
 def sweep_conclusion(effects: pd.DataFrame) -> str:
@@ -97,8 +101,8 @@ def sweep_conclusion(effects: pd.DataFrame) -> str:
     # A run of one seed per alpha (the plain profiles) is no sweep: its pairs are in the claims table.
     if effects.empty or effects["n_seeds"].max() < 2:
         return ""
-    seeds = int(effects["n_seeds"].max())
-    lines = [f"### Alpha sweep: changes against alpha 0, {seeds} training seeds per alpha",
+    seeds = sorted({int(n) for n in effects["n_seeds"]})
+    lines = [f"### Alpha sweep: changes against alpha 0, {' or '.join(map(str, seeds))} training seeds per alpha",
              "A change counts only when every seed's change exceeds the largest difference between the "
              "alpha-0 seeds, in the same direction.", ""]
     for (stage, dist, metric), frame in effects.groupby(["stage", "distribution", "metric"], sort=False):

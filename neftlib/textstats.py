@@ -17,7 +17,9 @@ in Kirchenbauer's release leaves it a fraction, which makes diversity ~1).
 Because the NEFTune tables may have been made with that released code rather than with the
 formula as written, `log_diversity_release` reproduces it too: per answer, n-grams counted as
 its loop counts them, repetition left a fraction and divided by 100 once more, capped at 20,
-then averaged over answers. It sits near the cap (about 8 to 20) where `log_diversity` sits
+then averaged over answers. Answers too short for one 4-gram after that loop (4 tokens or
+fewer) are left out of the mean, where the released code would divide by zero. Each answer's
+value lies between about 3.5 and the cap of 20 (typically 10 to 20) where `log_diversity` sits
 near 2 to 4; compare each only with the same column.
 """
 from __future__ import annotations
@@ -103,7 +105,7 @@ def log_diversity(text_tokens_list: Sequence[Sequence[str]], ns: Sequence[int] =
 def log_diversity_release(text_tokens_list: Sequence[Sequence[str]], ns: Sequence[int] = (2, 3, 4)) -> float:
     """Mean over answers of the per-answer log-diversity computed as Kirchenbauer et al.'s
     released `measure_repetition_and_diversity` computes it (see the module docstring).
-    NaN when no answer has more than max(ns) tokens."""
+    Answers of max(ns) tokens or fewer are skipped; NaN when every answer is."""
     values: list[float] = []
     for tokens in text_tokens_list:
         div = 1.0

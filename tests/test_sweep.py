@@ -87,7 +87,7 @@ def test_sweep_conclusion_says_what_beats_the_seed_spread():
     assert "paper: up; seed spread 10" in line
     assert "alpha 5: +50 (as the paper says, beyond the seed spread)" in line
     assert "alpha 10: +1 (within the seed spread)" in line
-    assert "alpha 15: -60 (down, beyond the seed spread (paper: up))" in line
+    assert "alpha 15: -60 (down, beyond the seed spread; paper: up)" in line
     # one seed per alpha is no sweep: nothing to conclude from seeds
     assert sweep_conclusion(alpha_effects(_metrics({(0, 0): 300, (5, 0): 400}))) == ""
     partial = _metrics({(0, 0): 300, (0, 1): 301, (5, 0): 400, (5, 1): 410, (10, 0): 500})

@@ -71,7 +71,8 @@ def test_log_diversity_release_by_hand():
     # an answer with no repeat sits at the cap; the set's value is the mean over answers
     assert log_diversity_release([["a", "b", "c", "d", "e", "f"]]) == pytest.approx(20.0)
     assert log_diversity_release(toks + [list("abcdef")]) == pytest.approx((-math.log(1 - div) + 20) / 2)
-    # too short for any 4-gram once the last is dropped: not counted
+    # too short for any 4-gram once the last is dropped: left out of the mean, NaN when all are
+    assert log_diversity_release(toks + [["a", "b", "c", "d"]]) == pytest.approx(-math.log(1 - div))
     assert math.isnan(log_diversity_release([["a", "b", "c", "d"]]))
 
 
