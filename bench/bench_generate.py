@@ -13,8 +13,6 @@ AlpacaEval prompts.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
 import sys
 import time
@@ -25,10 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from record import publish  # noqa: E402  (bench/record.py, beside this script)
+
 from neftlib.config import load_config  # noqa: E402
 from neftlib.data import load_eval_set  # noqa: E402
 from neftlib.generate import eval_prompts, generate_answers  # noqa: E402
-from neftlib.io import write_json  # noqa: E402
 from neftlib.models import load_base, load_tokenizer, on_best_device  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "generate_throughput.json"
@@ -146,14 +145,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         "projected_805_prompts_s_loop": ALPACA_EVAL_PROMPTS / rate_loop,
         # ... and from the CPU-time rate: the wall time on `threads` otherwise idle cores (one thread: exact)
         "projected_805_prompts_cpu_s_batched": ALPACA_EVAL_PROMPTS * cpu_batched / n,
-        "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "cpu_count": os.cpu_count(),
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    write_json(a.out, result)  # atomic: readers never see a half-written file
-    print(json.dumps(result, indent=2))
-    return result
+    return publish(a.out, result)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
-import json
-import os
 import statistics
 import sys
 import time
@@ -23,7 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from neftlib.io import write_json  # noqa: E402
+from record import publish  # noqa: E402  (bench/record.py, beside this script)
+
 from neftlib.noise import add_neftune_noise, neftune  # noqa: E402
 
 ALPHA = 5.0
@@ -188,13 +186,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         "ratio_neftlib_over_hf": med["neftlib"] / med["hf"] if "hf" in med else None,
         # the hook's own work on this batch, timed alone: readable even when step times are noisy
         "median_noise_call_ms_neftlib": hook_ms["neftlib"], "median_noise_call_ms_hf": hook_ms.get("hf"),
-        "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    write_json(a.out, result)  # atomic: readers never see a half-written file
-    print(json.dumps(result, indent=2))
-    return result
+    return publish(a.out, result)
 
 
 if __name__ == "__main__":
