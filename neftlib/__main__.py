@@ -73,11 +73,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace) -> None:
     """start_run + prepare_data + train_arms; every rank of a launch runs this, the main one reports."""
+    from neftlib.paths import data_notice
     from neftlib.stages import prepare_data, stage_dir, start_run, train_arms
     from neftlib.train import process_state
 
     cfg = start_run(args.profile, args.run, seed=args.seed, alpha=args.alpha, grad_accum=args.grad_accum,
                     model=args.model)
+    if process_state().is_main_process:
+        print(data_notice(), flush=True)
     prepare_data(cfg)
     table = train_arms(cfg, args.stage, arms=args.arm)
     if process_state().is_main_process:

@@ -40,6 +40,16 @@ def data_dir() -> Path | None:
     return path
 
 
+def data_notice() -> str:
+    """One line saying which data a run reads, so a run on the embedded set is never a surprise."""
+    root = data_dir()
+    if root is not None:
+        return f"data: NEFTLIB_DATA_DIR={root}"
+    return ("data: NEFTLIB_DATA_DIR is not set, so 'auto' data means the embedded mini set (data/) and the "
+            "published answers are skipped; `make reproduce` sets it to ../shared/data when that folder "
+            "exists, or export NEFTLIB_DATA_DIR=/path/to/data")
+
+
 def run_dir(run: str) -> Path:
     return results_root() / run
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from neftlib.io import is_done
-from neftlib.paths import NOTEBOOKS_DIR, run_dir
+from neftlib.paths import NOTEBOOKS_DIR, data_notice, run_dir
 from neftlib.stages import check_same_config, run_config
 
 NOTEBOOKS = ("01_data_prep", "02_noisy_training", "03_qlora_variant", "04_evaluation", "05_overfitting_and_length",
@@ -67,6 +67,7 @@ def run_pipeline(profile: str, run: str = "", *, seed: int | None = None, alpha:
         kept = folder.with_name(f"{folder.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
         folder.rename(kept)
         print(f"earlier run moved to {kept}")
+    print(data_notice(), flush=True)
     names = list(NOTEBOOKS)
     if only:
         unknown = [n for n in only if not any(nb.startswith(n) for nb in NOTEBOOKS)]

@@ -5,7 +5,7 @@ import pytest
 
 from neftlib.data import (ALPACA_PROMPT, IGNORE_INDEX, VICUNA_PROMPT, format_prompt, load_eval_set,
                           load_instructions, tokenize_example, tokenize_rows, validate_row, DataReport)
-from neftlib.paths import MINI_EVAL, MINI_TRAIN
+from neftlib.paths import MINI_EVAL, MINI_TRAIN, data_notice
 
 
 def test_alpaca_prompt_matches_the_paper_code_exactly():
@@ -114,3 +114,9 @@ def test_real_alpaca_and_alpaca_eval(data_dir, monkeypatch):
     assert len(evals) == 805 and source.endswith("text_davinci_003.json")
     sub, _ = load_eval_set("alpaca_eval", seed=0, limit=50)
     assert len(sub) == 50 and all(r in evals for r in sub)
+
+
+def test_data_notice_says_which_data_a_run_reads(no_real_data, monkeypatch, tmp_path):
+    assert "not set" in data_notice() and "mini" in data_notice()
+    monkeypatch.setenv("NEFTLIB_DATA_DIR", str(tmp_path))
+    assert data_notice() == f"data: NEFTLIB_DATA_DIR={tmp_path}"
