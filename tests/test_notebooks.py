@@ -21,6 +21,9 @@ DEMO = PROJ / "notebooks" / "colab_qlora_demo.ipynb"  # outside the pipeline, he
 def test_notebook_is_clean_and_thin(path):
     nb = json.loads(path.read_text())
     cells = nb["cells"]
+    # nbformat 4.5 wants a unique id per cell; papermill warns now and newer nbformat will refuse
+    ids = [c.get("id") for c in cells]
+    assert None not in ids and len(set(ids)) == len(ids), "every cell needs its own id"
     assert cells[0]["cell_type"] == "markdown" and "Reproduces" in "".join(cells[0]["source"])
     code = [c for c in cells if c["cell_type"] == "code"]
     assert not any(c.get("outputs") or c.get("execution_count") for c in code), "outputs committed"
