@@ -77,10 +77,11 @@ def _train(args: argparse.Namespace) -> None:
     from neftlib.stages import prepare_data, stage_dir, start_run, train_arms
     from neftlib.train import process_state
 
+    notice = data_notice()  # raises before the run folder is made when NEFTLIB_DATA_DIR is not a folder
     cfg = start_run(args.profile, args.run, seed=args.seed, alpha=args.alpha, grad_accum=args.grad_accum,
                     model=args.model)
     if process_state().is_main_process:
-        print(data_notice(), flush=True)
+        print(notice, flush=True)
     prepare_data(cfg)
     table = train_arms(cfg, args.stage, arms=args.arm)
     if process_state().is_main_process:

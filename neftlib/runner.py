@@ -56,6 +56,7 @@ def run_pipeline(profile: str, run: str = "", *, seed: int | None = None, alpha:
 
     # Fail fast on bad input; --grad-accum / --model given to an earlier `neftlib train` of this run are kept.
     cfg = run_config(profile, run, seed=seed, alpha=alpha)
+    print(data_notice(), flush=True)  # raises before anything moves when NEFTLIB_DATA_DIR is not a folder
     folder = run_dir(cfg.run_name)
     if not force:
         check_same_config(cfg)
@@ -67,7 +68,6 @@ def run_pipeline(profile: str, run: str = "", *, seed: int | None = None, alpha:
         kept = folder.with_name(f"{folder.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
         folder.rename(kept)
         print(f"earlier run moved to {kept}")
-    print(data_notice(), flush=True)
     names = list(NOTEBOOKS)
     if only:
         unknown = [n for n in only if not any(nb.startswith(n) for nb in NOTEBOOKS)]

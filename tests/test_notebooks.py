@@ -126,13 +126,23 @@ def test_different_settings_never_overwrite_an_earlier_run(smoke_run):
 
 
 def test_failing_notebook_named_with_cell_and_copy_kept(tmp_path):
+    # The model cache under a regular file: 01 fails inside a cell when it builds the model's tokenizer.
+    (tmp_path / "not-a-folder").write_text("")
     env = {**os.environ, "NEFTLIB_RESULTS_DIR": str(tmp_path / "r"), "NEFTLIB_FIGURES_DIR": str(tmp_path / "f"),
-           "NEFTLIB_DATA_DIR": str(tmp_path / "missing")}
+           "NEFTLIB_CACHE_DIR": str(tmp_path / "not-a-folder" / "cache")}
     proc = _run(["--profile", "smoke", "--only", "01"], env, timeout=300)
     assert proc.returncode == 2
-    assert "notebook 01_data_prep failed in cell" in proc.stderr and "NEFTLIB_DATA_DIR" in proc.stderr
+    assert "notebook 01_data_prep failed in cell" in proc.stderr and "not-a-folder" in proc.stderr
     kept = tmp_path / "r" / "smoke" / "notebooks" / "01_data_prep.ipynb"
-    assert kept.exists() and "NEFTLIB_DATA_DIR" in kept.read_text()
+    assert kept.exists() and "not-a-folder" in kept.read_text()
+
+
+def test_missing_data_folder_refused_before_any_notebook(tmp_path):
+    env = {**os.environ, "NEFTLIB_RESULTS_DIR": str(tmp_path / "r"), "NEFTLIB_DATA_DIR": str(tmp_path / "missing")}
+    proc = _run(["--profile", "smoke"], env, timeout=120)
+    assert proc.returncode == 2
+    assert "NEFTLIB_DATA_DIR=" in proc.stderr and "is not a folder" in proc.stderr
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("args,message", [
