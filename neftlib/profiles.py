@@ -38,7 +38,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # training loss to 0.82 while held-out Alpaca stays at 2.00, i.e. it memorises its training set.
     # The model's own chat template, not the Alpaca prompt (an instruct model at this dose answers
     # the Alpaca format with an empty turn). Max length 256 (paper: 512), batch 8 (paper: 128).
-    # 30 AlpacaEval prompts, answers capped at 128 new tokens. About an hour on 2 cores.
+    # 30 AlpacaEval prompts, answers capped at 128 new tokens. About 50 min on 2 free cores.
     "cpu": dict(
         model="smollm2-135m-instruct",
         train_data="auto",
