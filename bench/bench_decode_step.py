@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from record import publish  # noqa: E402  (bench/record.py, beside this script)
+from record import publish, timed  # noqa: E402  (bench/record.py, beside this script)
 
 from neftlib.config import load_config  # noqa: E402
 from neftlib.generate import eval_prompts  # noqa: E402
@@ -33,13 +32,8 @@ PROMPT = {"instruction": "Write a short poem about the sea, the sky and the wind
 @torch.no_grad()
 def seconds(model, enc: dict, new_tokens: int, pad_id: int) -> float:
     """Wall seconds of one greedy `generate` call that makes exactly `new_tokens` tokens per answer."""
-    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
-    sync()
-    t0 = time.perf_counter()
-    model.generate(**enc, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                   repetition_penalty=1.2, pad_token_id=pad_id)
-    sync()
-    return time.perf_counter() - t0
+    return timed(lambda: model.generate(**enc, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                        repetition_penalty=1.2, pad_token_id=pad_id), model.device)[1]
 
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:

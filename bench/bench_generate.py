@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from record import publish  # noqa: E402  (bench/record.py, beside this script)
+from record import publish, timed  # noqa: E402  (bench/record.py, beside this script)
 
 from neftlib.config import load_config  # noqa: E402
 from neftlib.data import load_eval_set  # noqa: E402
@@ -51,19 +50,6 @@ def one_at_a_time(model, tok, prompts: list[str], *, max_new_tokens: int,
         counts.append(int(new.shape[0]))  # generated tokens, EOS included; it stops there
         answers.append(tok.decode(new, skip_special_tokens=True).strip())
     return answers, counts
-
-
-def timed(fn, device: torch.device):
-    """Result, wall seconds, and this process's CPU seconds (all its threads).
-
-    On a shared machine the wall time also counts other programs' turns on the cores; with one
-    thread the CPU time is the work itself, close to the wall time the same work takes on an idle core."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    t0, c0 = time.perf_counter(), time.process_time()
-    out = fn()
-    sync()
-    return out, time.perf_counter() - t0, time.process_time() - c0
 
 
 def _batched_only(a: argparse.Namespace, cfg, model, tok, prompts: list[str], batch: int, max_new: int,
@@ -108,21 +94,21 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     device = next(model.parameters()).device
     prompts = eval_prompts(rows, cfg.prompt_format, tok)
 
+    # warm-up, untimed: first calls pay for lazy initialisation
+    generate_answers(model, tok, prompts[:2], max_new_tokens=4, batch_size=2, progress=False)
+    if a.batched_only:
+        return _batched_only(a, cfg, model, tok, prompts, batch, max_new, source, device)
+    one_at_a_time(model, tok, prompts[:1], max_new_tokens=4, repetition_penalty=cfg.repetition_penalty)
+
     # generate_answers' own order (longest prompt first) and batches, so each chunk is one of its batches
     lengths = [len(tok(q, add_special_tokens=False)["input_ids"]) for q in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     chunks = [order[s:s + batch] for s in range(0, len(order), batch)]
 
-    # warm-up, untimed: first calls pay for lazy initialisation
-    generate_answers(model, tok, prompts[:2], max_new_tokens=4, batch_size=2, progress=False)
-    one_at_a_time(model, tok, prompts[:1], max_new_tokens=4, repetition_penalty=cfg.repetition_penalty)
-
     t_batched = t_loop = cpu_batched = cpu_loop = 0.0
     batched: dict[int, str] = {}
     looped: dict[int, str] = {}
     new_tokens: dict[int, int] = {}
-    if a.batched_only:
-        return _batched_only(a, cfg, model, tok, prompts, batch, max_new, source, device)
     for c, idx in enumerate(chunks):
         chunk = [prompts[i] for i in idx]
         runs = {
