@@ -53,9 +53,15 @@ def overfitting_table(cfg: RunConfig, progress: bool = True) -> pd.DataFrame:
 
 def diversity_table(cfg: RunConfig) -> pd.DataFrame:
     """Length, n-gram repetition and log-diversity of each arm's evaluation answers."""
-    outputs = {f"{stage}-{arm}": [o["output"] for o in read_json(stage_dir(cfg, "eval") / f"{stage}-{arm}" / "model_outputs.json")]
-               for stage, arm, _ in trained_arms(cfg)}
+    folders = {f"{stage}-{arm}": stage_dir(cfg, "eval") / f"{stage}-{arm}" for stage, arm, _ in trained_arms(cfg)}
+    outputs = {label: [o["output"] for o in read_json(folder / "model_outputs.json")] for label, folder in folders.items()}
     rows = length_diversity_table(outputs, cfg.diversity_cutoff)
+    for row in rows:
+        lengths = folders[row["name"]] / "model_outputs_lengths.json"
+        if lengths.exists():  # answers generated before the cap was recorded have none
+            record = read_json(lengths)
+            row.update(max_new_tokens=record["max_new_tokens"], cap_share=record["cap_share"],
+                       avg_new_tokens=sum(record["new_tokens"]) / max(1, len(record["new_tokens"])))
     return pd.DataFrame([{"run": cfg.run_name, "cutoff": cfg.diversity_cutoff, **r} for r in rows])
 
 

@@ -14,7 +14,7 @@ DISTRIBUTIONS = ("uniform", "gaussian")
 SCALINGS = ("per_example", "padded")
 PRECISIONS = ("fp32", "bf16", "fp16")
 PROMPT_FORMATS = ("alpaca", "vicuna", "chat")
-JUDGES = ("local", "openai")
+JUDGES = ("local", "openai", "none")
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -65,7 +65,7 @@ class RunConfig:
     gen_max_new_tokens: int = 256  # answer length cap
     gen_batch_size: int = 16  # prompts per generate call (left-padded, sorted by length)
     repetition_penalty: float = 1.2  # the paper's decoding
-    judge: str = "local"  # "local" (a transformers model, from the log-probs of its two choices) or "openai" (NEFTLIB_JUDGE_* endpoint, e.g. GPT-4)
+    judge: str = "local"  # "local" (a transformers model, from the log-probs of its two choices), "openai" (NEFTLIB_JUDGE_* endpoint, e.g. GPT-4) or "none" (answers only: no win rate)
     judge_model: str = ""  # judge model; empty means the run's base model (local) or NEFTLIB_JUDGE_MODEL (openai)
     agreement_pairs: int = 0  # published GPT-4-judged pairs per model on which the judge's agreement is measured (0 = skip)
     overlap_limit: int = 16  # training prompts answered for ROUGE-L / BLEU (05)

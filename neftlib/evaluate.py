@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from neftlib.config import RunConfig, stage_config
-from neftlib.generate import eval_prompts, generate_answers, model_outputs
+from neftlib.generate import cap_record, eval_prompts, generate_with_lengths, model_outputs
 from neftlib.io import is_done, mark_done, read_json, write_csv, write_json
 from neftlib.judge import LocalJudge, annotations
 from neftlib.models import load_base, load_tokenizer, on_best_device
@@ -16,7 +16,8 @@ from neftlib.winrate import bootstrap_ci, length_controlled_win_rate, summarize_
 
 def arm_outputs(cfg: RunConfig, stage: str, arm: str, folder: Path, rows: list[dict], tok, *,
                 name: str = "model_outputs", progress: bool = True) -> list[dict]:
-    """Generate (or reuse) an arm's answers to `rows`, saved as <eval>/<stage>-<arm>/<name>.json."""
+    """Generate (or reuse) an arm's answers to `rows`, saved as <eval>/<stage>-<arm>/<name>.json, with the
+    tokens per answer and which ones the cap cut in <name>_lengths.json (alpaca_eval's format has no room)."""
     from neftlib.train import load_trained
 
     out = stage_dir(cfg, "eval") / f"{stage}-{arm}" / f"{name}.json"
@@ -24,12 +25,13 @@ def arm_outputs(cfg: RunConfig, stage: str, arm: str, folder: Path, rows: list[d
         return read_json(out)
     run_cfg, _ = stage_config(cfg, stage)
     model = load_trained(run_cfg, folder)
-    answers = generate_answers(model, tok, eval_prompts(rows, cfg.prompt_format, tok),
-                               max_new_tokens=cfg.gen_max_new_tokens, batch_size=cfg.gen_batch_size,
-                               repetition_penalty=cfg.repetition_penalty, progress=progress,
-                               desc=f"{stage}-{arm}")
+    answers, new_tokens = generate_with_lengths(
+        model, tok, eval_prompts(rows, cfg.prompt_format, tok), max_new_tokens=cfg.gen_max_new_tokens,
+        batch_size=cfg.gen_batch_size, repetition_penalty=cfg.repetition_penalty, progress=progress,
+        desc=f"{stage}-{arm}")
     outputs = model_outputs(rows, answers, generator=f"{cfg.run_name}-{stage}-{arm}")
-    write_json(out, outputs)
+    write_json(out.with_name(f"{name}_lengths.json"), cap_record(new_tokens, cfg.gen_max_new_tokens))
+    write_json(out, outputs)  # last: its presence means both files are complete
     return outputs
 
 
@@ -61,6 +63,13 @@ def measure_agreement(cfg: RunConfig, judge, progress: bool = True) -> dict:
     return result
 
 
+def unjudged_row(cfg: RunConfig, stage: str, arm: str, outputs: list[dict]) -> dict:
+    """A winrates.csv row for judge='none': the answers' count and length, and no win rate."""
+    lengths = [len(o["output"]) for o in outputs]
+    return {"run": cfg.run_name, "stage": stage, "arm": arm, "judge": "none", "win_rate": float("nan"),
+            "n_total": len(outputs), "avg_length": sum(lengths) / len(lengths) if lengths else float("nan")}
+
+
 def evaluate(cfg: RunConfig, progress: bool = True) -> pd.DataFrame:
     """Win rate (with standard error, a bootstrap 95% interval and a length-controlled win rate), length and
     the judge's agreement with GPT-4 for every trained arm; OpenLLM tasks too when the profile names them."""
@@ -74,6 +83,11 @@ def evaluate(cfg: RunConfig, progress: bool = True) -> pd.DataFrame:
         raise FileNotFoundError(f"no finished training arm under {stage_dir(cfg, 'train')}: run 02 (and 03) first")
     outputs = {(stage, arm): arm_outputs(cfg, stage, arm, folder, rows, tok, progress=progress)
                for stage, arm, folder in arms}
+    if cfg.judge == "none":
+        table = [unjudged_row(cfg, stage, arm, outs) for (stage, arm), outs in outputs.items()]
+        write_csv(out / "winrates.csv", table)
+        mark_done(out)
+        return pd.DataFrame(table)
     judge = make_judge(cfg)
     agreement = measure_agreement(cfg, judge, progress)
     table = []

@@ -92,7 +92,10 @@ def win_rates(run: str, judge: str | None = None):
     bootstrap 95% interval; the judge and its agreement with GPT-4 in the title (`judge` is kept for
     older callers: the judge is read from the results)."""
     info = run_info(run)
-    frame = pd.read_csv(run_dir(run) / "eval" / "winrates.csv").merge(
+    frame = pd.read_csv(run_dir(run) / "eval" / "winrates.csv")
+    if not frame["win_rate"].notna().any():  # judge='none': answers only, nothing to draw
+        return None
+    frame = frame.merge(
         _labelled_arms(run)[["stage", "arm", "label", "stage_name"]], how="left")
     frame["label"] = frame["label"].fillna(frame["arm"])
     frame["stage_name"] = frame["stage_name"].fillna(frame["stage"])

@@ -123,6 +123,22 @@ PROFILES["cpu-gemma-sweep"] = {**PROFILES["cpu-sweep"], "model": "gemma-3-270m",
 # The same sweep at 7B on a GPU: the gpu-7b settings with the sweep's arms (8 full fine-tunes).
 PROFILES["gpu-7b-sweep"] = {**PROFILES["gpu-7b"], "arms": SWEEP_ARMS, "qlora_arms": ()}
 
+# A study sized from the variances the cpu-sweep measured (neftlib.power): alpha 0 / 5 / 15 and the
+# Gaussian control at 5, three training seeds each (12 full fine-tunes), 200 AlpacaEval prompts per arm.
+# The paper's recipe for base models: the Alpaca prompt, 3 epochs. SmolLM2-135M-Instruct untuned ends its
+# answer at once on the Alpaca prompt, so it learns the format from the fine-tune as a base model would.
+# 64 training examples, not the few hundred one would like: a full fine-tune of this model trains 32
+# tokens/s on one CPU thread (bench/results/train_throughput.json), so 12 arms x 3 epochs x 64 examples
+# (~110 tokens each) already take about 2 h on one thread. The answer cap is set from a pilot so that
+# under 10% of the baseline's answers reach it. No judge: the 135M judge agrees with GPT-4 at about
+# chance, and judging 200 x 12 answers in both orders would cost more than all the training; the
+# study's claims are the judge-free ones (length, repetition, diversity, losses, ROUGE-L / BLEU).
+PROFILES["cpu-study"] = {**PROFILES["cpu"], "prompt_format": "alpaca", "train_limit": 64, "loss_subset": 64,
+                         "epochs": 3.0, "eval_limit": 200, "gen_max_new_tokens": 256, "gen_batch_size": 50,
+                         "overlap_limit": 32, "judge": "none", "agreement_pairs": 0,
+                         "arms": (*sweep_arms((0, 5, 15), (0, 1, 2)), *sweep_arms((5,), (0, 1, 2), "gaussian")),
+                         "qlora_arms": ()}
+
 # The 03 stage runs the same profile as QLoRA: a config change, not another code path.
 QLORA: dict[str, dict[str, Any]] = {
     "default": dict(method="qlora", lora_r=64, lora_alpha=16, lora_dropout=0.1, learning_rate=2e-4),
