@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from neftlib.claims import log_diversity_of, ngram_counts, paired_bootstrap
+from neftlib.claims import log_diversity_of, ngram_counts, paired_bootstrap, release_values
 from neftlib.config import RunConfig, stage_config
 from neftlib.data import IGNORE_INDEX
 from neftlib.evaluate import arm_outputs
@@ -91,6 +91,9 @@ def published_table(run: str, seed: int = 0) -> pd.DataFrame:
                                                                           seed=seed)
         _, row["log_diversity_low"], row["log_diversity_high"] = paired_bootstrap(
             lambda i: log_diversity_of(counts[i]), len(texts), seed=seed)
+        release = release_values(texts, spec["cutoff"])  # the paper's Table 4 scale
+        _, row["log_diversity_release_low"], row["log_diversity_release_high"] = paired_bootstrap(
+            lambda i: np.nanmean(release[i]) if np.isfinite(release[i]).any() else np.nan, len(texts), seed=seed)
         annotations = folder / "annotations_alpaca_eval_gpt4.json"
         if annotations.exists():
             annotated = load_annotations(annotations)
