@@ -20,6 +20,7 @@ PART_METRICS = (("answer length", "avg_chars"), ("log-diversity (release", "log_
                 ("ROUGE-L", "rouge_l"), ("BLEU", "bleu"), ("loss without noise", "train_loss_nonoise"),
                 ("loss on another set", "other_loss"), ("loss on held-out", "heldout_loss"), ("win rate", "win_rate"))
 UNKNOWN_ITEMS = 1000  # an interval with no item count (OpenLLM's normal interval): normal theory
+Z95 = 1.959963984540054  # a 95% interval's half-width in standard errors
 
 
 def part_metric(part: str) -> str | None:
@@ -34,9 +35,10 @@ def seed_changes(arms: pd.DataFrame, stage: str, metric: str) -> pd.DataFrame:
         return pd.DataFrame(columns=["comparison", "seed", "change"])
     base = rows[rows["alpha"] == 0].drop_duplicates("seed").set_index("seed")[metric]
     noised = rows[(rows["alpha"] > 0) & rows["seed"].isin(base.index)]
-    return pd.DataFrame({"comparison": noised["distribution"].astype(str) + noised["alpha"].map("{:g}".format),
-                         "seed": noised["seed"],
-                         "change": noised[metric].to_numpy(float) - base.loc[noised["seed"]].to_numpy(float)})
+    return pd.DataFrame({"comparison": [f"{d}{a:g}" for d, a in zip(noised["distribution"], noised["alpha"])],
+                         "seed": noised["seed"].to_numpy(),
+                         "change": noised[metric].to_numpy(float) - base.loc[noised["seed"]].to_numpy(float)},
+                        columns=["comparison", "seed", "change"])
 
 
 def _seed_share(arms: pd.DataFrame, stage: str, metric: str | None, test_var: float) -> tuple[float, str]:
@@ -48,7 +50,8 @@ def _seed_share(arms: pd.DataFrame, stage: str, metric: str | None, test_var: fl
     if not df or math.isnan(var):
         return 0.0, ("one training seed per arm: the seed's share is not measured and taken as 0 (the smallest "
                      "difference between these two trained models)")
-    # The per-seed changes also carry the prompts' noise, which the interval already holds (the lower bound).
+    # The per-seed changes also carry the prompts' noise, which the interval already holds: what is left over
+    # is the seed's share at least (all of the prompts' noise counted as changing with the seed).
     return max(0.0, var - test_var), (f"the seed's share from the spread of {len(changes)} per-seed changes "
                                       f"({df} degree(s) of freedom)")
 
@@ -61,15 +64,13 @@ def detectable(row: pd.Series, arms: pd.DataFrame | None) -> tuple[float, str]:
     scope = row.get("scope", "ours")
     own_arms = arms if scope == "ours" else None
     if pd.notna(row.get("low")) and pd.notna(row.get("high")):
-        z = 1.959963984540054
         n = int(row["n_items"]) if pd.notna(row.get("n_items")) else UNKNOWN_ITEMS
-        seed_var, how = _seed_share(own_arms, row["stage"], metric, ((row["high"] - row["low"]) / (2 * z)) ** 2)
+        seed_var, how = _seed_share(own_arms, row["stage"], metric, ((row["high"] - row["low"]) / (2 * Z95)) ** 2)
         items = f"{n} items" if pd.notna(row.get("n_items")) else "normal theory"
         return interval_detectable_effect(row["low"], row["high"], n, seed_var), f"95% interval ({items}); {how}"
     bounds = [row.get(k) for k in ("baseline_low", "baseline_high", "treatment_low", "treatment_high")]
     if all(pd.notna(b) for b in bounds):
-        z = 1.959963984540054
-        test_var = ((bounds[1] - bounds[0]) / (2 * z)) ** 2 + ((bounds[3] - bounds[2]) / (2 * z)) ** 2
+        test_var = ((bounds[1] - bounds[0]) / (2 * Z95)) ** 2 + ((bounds[3] - bounds[2]) / (2 * Z95)) ** 2
         seed_var, how = _seed_share(own_arms, row["stage"], metric, test_var)
         rule = "two independent 95% intervals that must not overlap" if row.get("basis") in (WIN_BASIS, "") \
             else str(row.get("basis"))
@@ -90,4 +91,6 @@ def detectable_text(value: float) -> str:
         return ""
     if math.isinf(value):
         return "no change this run could detect with 80% power"
+    if value == 0:
+        return "its interval has no width (every item gave the same difference): any change would have shown"
     return f"smallest change this run could detect: {value:.3g} ({POWER:.0%} power, 95% confidence)"

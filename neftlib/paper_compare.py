@@ -9,12 +9,16 @@ import math
 import numpy as np
 import pandas as pd
 
-from neftlib.claims import CLAIMS, NOT_MEASURED
+from neftlib.claims import CLAIMS, FORMULA_PART, NOT_MEASURED
 from neftlib.detectable import seed_changes
-from neftlib.paper import JUDGES, STATEMENTS, judge_scale, paper_dataset
-from neftlib.paper_rows import paper_rows
+from neftlib.paper import JUDGES, STATEMENTS, judge_scale, paper_dataset, table_judge
+from neftlib.paper_rows import OPENLLM_TASKS, T1, T2, T3, T6, T14, paper_rows
 
 _FIGURES = {"loss": "Figure 4", "overlap": "Figure 5"}
+# the table each claim (or ablation) is tested against, and its key in paper_tables.json
+_CLAIM_TABLES = {"win_rate_up": "Table 1", "chat_gain": "Table 2", "qlora": "Table 3", "openllm_flat": "Figure 3",
+                 "length_diversity": "Table 4", "gaussian": "Table 6", "alpha": "Table 6", "epochs": "Table 14"}
+_TABLE_KEYS = {"Table 1": T1, "Table 2": T2, "Table 3": T3, "Table 6": T6, "Table 14": T14}
 _PUBLISHED_JUDGE = "GPT-4 (alpaca_eval_gpt4 annotations of the published answers)"
 
 
@@ -54,7 +58,8 @@ class _Ours:
                  "ours_judge_scale": "gpt4" if win else "none"} if published else {**self.side, **self.judged(win)})
         if r["claim_id"] == "openllm_flat":
             side.update(ours_judge=JUDGES["lm-eval"], ours_judge_scale="lm-eval")
-        return {**side, "ours_alpha": None if published else self.alpha_of(r["stage"], r["treatment_arm"]),
+        return {**side, "ours_part": str(r["part"]),
+                "ours_alpha": None if published else self.alpha_of(r["stage"], r["treatment_arm"]),
                 "ours_arms": f"{r['stage']}: {r['baseline_arm']} -> {r['treatment_arm']}",
                 "ours_before": r["baseline"], "ours_after": r["treatment"], "ours_difference": r["difference"],
                 "ours_interval": _interval(r), "ours_verdict": r["verdict"],
@@ -67,9 +72,11 @@ class _Ours:
         if any(v.empty or v.isna().all() for v in values):
             return None
         before, after = (float(v.iloc[0]) for v in values)
-        return {**self.side, **self.judged(column == "win_rate"), "ours_alpha": self.alpha_of(stage, pair[1]),
+        return {**self.side, **self.judged(column == "win_rate"), "ours_part": column,
+                "ours_alpha": self.alpha_of(stage, pair[1]),
                 "ours_arms": f"{stage}: {pair[0]} -> {pair[1]}", "ours_before": before, "ours_after": after,
-                "ours_difference": after - before, "ours_verdict": "", "ours_interval": "no interval: one value per arm"}
+                "ours_difference": after - before, "ours_verdict": "not tested (one value per arm, no interval)",
+                "ours_interval": ""}
 
     def alpha_sweep(self, stage: str, column: str, effects: pd.DataFrame | None) -> dict[float, dict]:
         """Per uniform alpha > 0: mean over seeds against the alpha-0 arms of the same seeds."""
@@ -81,7 +88,8 @@ class _Ours:
                 continue
             alpha = float(comparison[len("uniform"):])
             base = rows[(rows["alpha"] == 0) & rows["seed"].isin(frame["seed"])][column].mean()
-            entry = {**self.side, **self.judged(column == "win_rate"), "ours_alpha": alpha,
+            entry = {**self.side, **self.judged(column == "win_rate"), "ours_part": f"{column}, alpha {alpha:g}",
+                     "ours_alpha": alpha,
                      "ours_arms": f"{stage}: alpha 0 -> {alpha:g}, {len(frame)} seed(s)", "ours_before": base,
                      "ours_after": base + frame["change"].mean(), "ours_difference": frame["change"].mean(),
                      "ours_interval": f"per-seed changes {', '.join(f'{c:+.4g}' for c in frame['change'])}"}
@@ -98,7 +106,11 @@ class _Ours:
 
 
 def _ours_by_slot(evidence: pd.DataFrame, info: dict, arms: pd.DataFrame, effects, roles: dict) -> tuple:
-    ours, data = _Ours(info, arms), paper_dataset(info["train_data"])
+    """{paper slot: our side} and the parts of ours that have no paper row: (claim, part, paper slot whose
+    numbers to show beside it or None, our side, note)."""
+    ours = _Ours(info, arms)
+    # Data unlike any of the paper's (the embedded mini set) is set beside the paper's Alpaca column, and says so.
+    data = paper_dataset(info["train_data"]) or "Alpaca"
     slots, extra = {}, []
     epochs = info.get("epochs")
     for _, r in evidence.iterrows():
@@ -118,9 +130,10 @@ def _ours_by_slot(evidence: pd.DataFrame, info: dict, arms: pd.DataFrame, effect
         key = {"win_rate_up": ("win_rate_up", data), "chat_gain": ("chat_gain", "LLaMA-2-Chat (7B)")}.get(claim)
         if claim == "qlora":
             alpha = entry["ours_alpha"] if entry["ours_alpha"] is not None else info.get("alpha")
-            key = ("qlora", data, int(alpha), "7B") if alpha in (5.0, 10.0, 15.0) else ("qlora", data, None, "7B")
+            key = ("qlora", data, int(alpha) if alpha in (5.0, 10.0, 15.0) else alpha, "7B")
         if claim == "openllm_flat":
-            key = ("openllm_flat", data, "Llama-2 7B", part.split("_")[0].split(" ")[0].lower())
+            task = part.split("_")[0].split(" ")[0].lower()
+            key = ("openllm_flat", data, "Llama-2 7B", task if task in OPENLLM_TASKS.values() else "arc")
         if claim == "length_diversity":
             key = ("length_diversity", data, "char_length" if part.startswith("answer length") else "log_diversity")
         if claim == "gaussian":
@@ -138,14 +151,14 @@ def _ours_by_slot(evidence: pd.DataFrame, info: dict, arms: pd.DataFrame, effect
             slots[("length_diversity", data, prefix)] = found
     formula = ours.from_arms("train", neft, "log_diversity")
     if formula:
-        extra.append(("length_diversity", "log-diversity, formula as written over the whole set (not Table 4's "
-                      "scale)", None, formula, "compare with the release-code row, which is on the paper's scale"))
+        extra.append(("length_diversity", f"{FORMULA_PART} (not Table 4's scale)", None, formula,
+                      "compare with the release-code row, which is on the paper's scale"))
     for stage, kinds in (("train", (("win_rate", "win rate"), ("avg_chars", "answer length"))),
                          ("qlora", (("win_rate", None),))):
         for column, kind in kinds:
             for alpha, entry in ours.alpha_sweep(stage, column, effects).items():
-                key = ("alpha", data, int(alpha), kind) if stage == "train" else ("qlora", data, int(alpha), "7B")
                 if alpha in (5.0, 10.0, 15.0):
+                    key = ("alpha", data, int(alpha), kind) if stage == "train" else ("qlora", data, int(alpha), "7B")
                     slots.setdefault(key, entry)
     return slots, extra
 
@@ -167,34 +180,28 @@ def paper_vs_ours(evidence: pd.DataFrame, info: dict, arms: pd.DataFrame, roles:
     """Every paper row with ours beside it where one matches; ours with no matching row get their own row,
     naming the table whose claim they test."""
     slots, extra = _ours_by_slot(evidence, info, arms, effects, roles)
+    unmatched = paper_dataset(info["train_data"]) is None
     rows, paper = [], paper_rows()
     for row in paper:
         found = slots.pop(row["slot"], None)
         row = {**row, **(found or {})}
+        if found and unmatched and row.get("paper_data") == "Alpaca":
+            row["note"] = f"our training data ({info['train_data']}) is not Alpaca: compare directions, not numbers"
         rows.append({**row, **_judging(row)})
     by_slot = {r["slot"]: r for r in paper}
-    for claim, part, paper_slot, entry, note in extra:
+    leftovers = [(key[0], entry["ours_part"], None, entry, f"no row of {_CLAIM_TABLES.get(key[0], 'the paper')} "
+                  f"matches our setting (alpha {entry.get('ours_alpha')})") for key, entry in slots.items()]
+    for claim, part, paper_slot, entry, note in extra + leftovers:
         source = STATEMENTS.get(claim, ("", "", ""))
-        table_of = _FIGURES.get(claim) or source[0].split(" (")[0]
-        base = {k: by_slot[paper_slot][k] for k in by_slot[paper_slot] if k.startswith("paper_")} if paper_slot else {}
+        table_of = _FIGURES.get(claim) or _CLAIM_TABLES.get(claim) or source[0].split(" (")[0]
+        scale = (table_judge(_TABLE_KEYS[table_of]) if "win rate" in part and table_of in _TABLE_KEYS
+                 else "lm-eval" if claim == "openllm_flat" else "none")
+        base = {k: v for k, v in by_slot[paper_slot].items() if k.startswith("paper_")} if paper_slot else {}
         row = {"claim_id": claim, "topic": CLAIMS.get(claim, claim), "metric": part, "paper_table": table_of,
-               "paper_source": source[0], "paper_model": source[1], "paper_statement": source[2],
-               "paper_judge": JUDGES["none"], "paper_judge_scale": "none", **base, **entry,
-               "note": note or ("no row of the paper's table matches our setting" if claim not in _FIGURES else "")}
+               "paper_source": source[0] or table_of, "paper_model": source[1], "paper_statement": source[2],
+               "paper_judge": JUDGES[scale], "paper_judge_scale": scale, **base, **entry, "note": note}
         rows.append({**row, **_judging(row)})
-    for key, entry in slots.items():  # ours with no paper row (e.g. training data unlike any of the paper's)
-        claim = key[0]
-        source = STATEMENTS.get(claim, ("", "", ""))
-        row = {"claim_id": claim, "topic": CLAIMS.get(claim, claim), "metric": " ".join(map(str, key[2:])) or claim,
-               "paper_table": source[0].split(" (")[0], "paper_source": source[0], "paper_model": source[1],
-               "paper_statement": source[2], "paper_judge_scale": "none", "paper_judge": "",
-               **entry, "note": f"no row of {source[0] or 'the paper'} matches our setting ({info['train_data']})"}
-        if "win rate" in str(key) or claim in ("win_rate_up", "chat_gain", "qlora"):
-            row["metric"] = f"win rate (%), our data ({info['train_data']})"
-            row["paper_judge_scale"] = "gpt4" if claim != "qlora" else "chatgpt"
-            row["paper_judge"] = JUDGES[row["paper_judge_scale"]]
-        rows.append({**row, **_judging(row)})
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows).drop(columns=["ours_part"], errors="ignore")
     table["slot"] = table["slot"].map(lambda s: "/".join(map(str, s)) if isinstance(s, tuple) else s)
     return table
 

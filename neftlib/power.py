@@ -11,23 +11,21 @@ every seed answers the same n prompts (as every run here does):
               of the other arm; variance 2 sd_seed^2
     eps[s, p] per-prompt noise that changes with the seed; variance sd_residual^2
 
-The estimate is the mean of d over k seeds and n prompts:
+The estimate of delta is the mean of d over k seeds and n prompts:
 
     Var(estimate) = sd_prompt^2 / n + 2 sd_seed^2 / k + sd_residual^2 / (n k).
 
 (With fresh prompts for every seed, sd_prompt = 0 and this is 2 (sd_seed^2 + sd_arm^2 / n) / k for
-independent per-arm noise sd_arm^2 = sd_residual^2 / 2.) Only sd_prompt^2 + sd_residual^2, the variance of
-the per-prompt paired difference at one seed, is seen by a run of one seed; putting all of it in sd_prompt
-is the cautious choice (more seeds then do not average it away).
+independent per-arm noise sd_arm^2 = sd_residual^2 / 2.) A run of one seed sees only sd_prompt^2 +
+sd_residual^2, the variance of the per-prompt paired difference; putting all of it in sd_prompt is the
+cautious choice (more seeds then do not average it away).
 
-The test a design runs, two-sided at 95% confidence:
-- k >= 2 seeds: a t test on the k per-seed mean differences, k - 1 degrees of freedom. Its standard error
-  sees 2 sd_seed^2 + sd_residual^2 / n per seed, not sd_prompt (the prompts are shared).
-- k = 1 seed: a paired test over the n prompts (what the report's paired bootstrap does), n - 1 degrees of
-  freedom. Its standard error sees sd_prompt^2 + sd_residual^2, not the seed.
-In both, under normality, T * sqrt(var_test / var_true) follows a noncentral t with the test's degrees of
-freedom and noncentrality delta / sqrt(var_true), so the power is exact (scipy.stats.nct), and the
-minimum detectable effect (MDE) is the smallest delta detected with 80% power.
+The test, two-sided at 95% confidence, divides the estimate by a standard error that holds every component,
+estimated from the two-way (seeds x prompts) mean squares: with k >= 2 seeds its degrees of freedom are
+Satterthwaite's (k - 1 when the seed dominates, n - 1 when the prompts do); with one seed the seed's share
+cannot be estimated and is taken as known (n - 1 degrees of freedom). The power at a change delta is then the
+noncentral t's (scipy.stats.nct; exact when one component dominates), and the minimum detectable effect
+(MDE) is the smallest delta detected with 80% power.
 """
 from __future__ import annotations
 
@@ -43,34 +41,39 @@ ALPHA, POWER = 0.05, 0.80
 
 @dataclass(frozen=True)
 class Design:
-    """What a test of one design sees: the estimate's true variance, the variance its standard error
-    estimates, and that standard error's degrees of freedom."""
-    var_true: float
-    var_test: float
+    """What the test of one design works with: the variance of its estimate and the degrees of freedom of
+    that variance's estimate."""
+    variance: float
     df: float
 
 
+def mean_squares(n: int, k: int, sd_prompt: float, sd_seed: float, sd_residual: float) -> dict[str, float]:
+    """Expected two-way mean squares of d (seeds x prompts), divided by n k: what the estimate's variance is
+    built from, Var = items + seeds - residual."""
+    return {"items": (k * sd_prompt**2 + sd_residual**2) / (n * k),
+            "seeds": (2 * n * sd_seed**2 + sd_residual**2) / (n * k), "residual": sd_residual**2 / (n * k)}
+
+
 def design(n_prompts: int, n_seeds: int, sd_prompt: float, sd_seed: float, sd_residual: float = 0.0) -> Design:
-    """The variances of the model in the module docstring for n prompts and k seeds per arm."""
+    """The estimate's variance (module docstring) for n prompts and k seeds per arm, and its degrees of freedom."""
     if n_prompts < 2 or n_seeds < 1:
         raise ValueError(f"a design needs at least 2 prompts and 1 seed, got {n_prompts} prompts, {n_seeds} seeds")
     if min(sd_prompt, sd_seed, sd_residual) < 0 or not all(map(math.isfinite, (sd_prompt, sd_seed, sd_residual))):
         raise ValueError(f"standard deviations must be finite and >= 0, got {sd_prompt}, {sd_seed}, {sd_residual}")
     n, k = n_prompts, n_seeds
-    var_true = sd_prompt**2 / n + 2 * sd_seed**2 / k + sd_residual**2 / (n * k)
+    variance = sd_prompt**2 / n + 2 * sd_seed**2 / k + sd_residual**2 / (n * k)
     if k == 1:
-        return Design(var_true, (sd_prompt**2 + sd_residual**2) / n, n - 1)
-    return Design(var_true, (2 * sd_seed**2 + sd_residual**2 / n) / k, k - 1)
+        return Design(variance, n - 1)
+    ms = mean_squares(n, k, sd_prompt, sd_seed, sd_residual)
+    spread = ms["items"] ** 2 / (n - 1) + ms["seeds"] ** 2 / (k - 1) + ms["residual"] ** 2 / ((n - 1) * (k - 1))
+    return Design(variance, variance**2 / spread if spread > 0 else n - 1)
 
 
 def power_of(effect: float, d: Design, alpha: float = ALPHA) -> float:
-    """Probability that the design's two-sided test at level alpha rejects 'no change' when the change is `effect`."""
-    if d.var_true <= 0:
+    """Probability that the two-sided t test at level alpha rejects 'no change' when the change is `effect`."""
+    if d.variance <= 0:
         return 1.0 if effect != 0 else alpha
-    if d.var_test <= 0:  # the test sees no variance: it calls every nonzero estimate
-        return 1.0
-    crit = stats.t.ppf(1 - alpha / 2, d.df) * math.sqrt(d.var_test / d.var_true)
-    shift = effect / math.sqrt(d.var_true)
+    crit, shift = stats.t.ppf(1 - alpha / 2, d.df), effect / math.sqrt(d.variance)
     power = stats.nct.sf(crit, d.df, shift) + stats.nct.cdf(-crit, d.df, shift)
     if math.isfinite(power):
         return float(power)
@@ -83,13 +86,10 @@ def power_of(effect: float, d: Design, alpha: float = ALPHA) -> float:
 
 
 def detectable_effect(d: Design, alpha: float = ALPHA, power: float = POWER) -> float:
-    """The smallest change the design's test detects with `power` at level `alpha` (in the metric's units);
-    inf when no change reaches that power (a test whose false-positive rate exceeds `power`, say)."""
-    if d.var_true <= 0 or d.var_test <= 0:
+    """The smallest change the design's test detects with `power` at level `alpha`, in the metric's units."""
+    if d.variance <= 0:
         return 0.0
-    if power_of(0.0, d, alpha) >= power:
-        return math.inf
-    high = math.sqrt(d.var_true)
+    high = math.sqrt(d.variance)
     while power_of(high, d, alpha) < power:
         high *= 2
     return float(optimize.brentq(lambda e: power_of(e, d, alpha) - power, 0.0, high, xtol=1e-10 * high))
@@ -104,13 +104,13 @@ def minimum_detectable_effect(n_prompts: int, n_seeds: int, sd_prompt: float, sd
 
 def interval_detectable_effect(low: float, high: float, n_items: int, seed_variance: float = 0.0,
                                level: float = 0.95, power: float = POWER) -> float:
-    """The MDE of a one-seed verdict read from its paired 95% interval over n items: the interval's width gives
-    the standard error the test sees; `seed_variance` (2 sd_seed^2, the variance of a difference between two
-    arms from the seed alone) moves the estimate without widening the interval. NaN without an interval."""
+    """The MDE of a one-seed comparison read from its paired 95% interval over n items: the interval's width
+    gives the prompts' share of the variance; `seed_variance` (2 sd_seed^2, what the training seed alone adds
+    to a difference between two arms) is added as known. NaN without an interval."""
     if not (math.isfinite(low) and math.isfinite(high)) or n_items < 2:
         return math.nan
     se = (high - low) / (2 * stats.norm.ppf(0.5 + level / 2))
-    return detectable_effect(Design(se**2 + seed_variance, se**2, n_items - 1), 1 - level, power)
+    return detectable_effect(Design(se**2 + seed_variance, n_items - 1), 1 - level, power)
 
 
 def overlap_detectable_effect(base: tuple[float, float], treat: tuple[float, float], seed_variance: float = 0.0,
@@ -195,9 +195,24 @@ def design_table(components: pd.DataFrame, prompts=(24, 50, 100, 200, 400), seed
             for k in seeds:
                 d = design(n, k, comp["sd_prompt"], comp["sd_seed"], comp.get("sd_residual", 0.0))
                 mde = detectable_effect(d, alpha, power)
-                row = {**comp.to_dict(), "n_prompts": n, "n_seeds": k, "df": d.df, "se": math.sqrt(d.var_true),
+                row = {**comp.to_dict(), "n_prompts": n, "n_seeds": k, "df": d.df, "se": math.sqrt(d.variance),
                        "mde": mde}
                 if pd.notna(comp.get("baseline", math.nan)) and comp.get("baseline"):
                     row["mde_percent"] = 100 * mde / abs(comp["baseline"])
                 rows.append(row)
     return pd.DataFrame(rows)
+
+
+def components_from_summaries(sd_diff: float, change_var: float, n_items: int) -> dict[str, dict]:
+    """The two ends of what a run's summaries allow, when its per-prompt answers are gone: `sd_diff`, the SD of
+    the per-prompt paired difference at one seed (from a paired interval: half-width / 1.96 * sqrt(n)), and
+    `change_var`, the variance of per-seed changes measured on the same `n_items` prompts (seed_change_variance).
+
+    'prompts_shared': the per-prompt variation is the same for every seed (sd_residual 0), so all per-seed
+    variation is the seed's; 'prompts_vary': as much of it as `change_var` allows changes with the seed.
+    The truth lies between; neither end gives the larger MDE for every design."""
+    residual_var = min(sd_diff**2, n_items * change_var)
+    return {"prompts_shared": {"sd_prompt": sd_diff, "sd_seed": math.sqrt(change_var / 2), "sd_residual": 0.0},
+            "prompts_vary": {"sd_prompt": math.sqrt(sd_diff**2 - residual_var),
+                             "sd_seed": math.sqrt(max(0.0, change_var - residual_var / n_items) / 2),
+                             "sd_residual": math.sqrt(residual_var)}}

@@ -53,7 +53,7 @@ def seed_detectable_effect(changes: pd.DataFrame, n_seeds: int) -> tuple[float, 
     var, df = seed_change_variance(changes)
     if n_seeds < 2 or not df or math.isnan(var):
         return math.nan, var
-    return detectable_effect(Design(var / n_seeds, var / n_seeds, n_seeds - 1)), var
+    return detectable_effect(Design(var / n_seeds, n_seeds - 1)), var
 
 
 def alpha_effects(metrics: pd.DataFrame) -> pd.DataFrame:

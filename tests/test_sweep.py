@@ -107,7 +107,7 @@ def test_alpha_effects_carry_the_smallest_change_their_seeds_detect():
     effects = alpha_effects(frame).set_index("alpha")
     var = ((10**2 + 10**2) + (5**2 + 5**2)) / 2  # sample variances 200 and 50, pooled over one df each
     assert effects.loc[5.0, "seed_change_sd"] == pytest.approx(math.sqrt(var))
-    expected = detectable_effect(Design(var / 2, var / 2, 1))
+    expected = detectable_effect(Design(var / 2, 1))
     assert effects.loc[10.0, "detectable_effect"] == pytest.approx(expected)
     line = next(l for l in sweep_conclusion(alpha_effects(frame)).splitlines() if "answer length" in l)
     assert f"alpha 10: +1 (within the seed spread) [smallest change 2 seeds detect: {expected:.3g}]" in line
