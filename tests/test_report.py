@@ -323,3 +323,41 @@ def test_seeds_that_move_the_change_raise_the_detectable_change(results):
     assert "per-seed changes" in row["detectable_basis"]
     one_seed = interval_detectable_effect(row["low"], row["high"], int(row["n_items"]))
     assert row["detectable_effect"] > 2 * one_seed  # a seed spread of 40 dwarfs the prompts' 60 / sqrt(200)
+
+
+def test_every_paper_table_is_named_and_judged():
+    from neftlib.paper import JUDGES, STATEMENTS, paper_tables, table_judge, table_name
+    from neftlib.paper_rows import paper_rows
+
+    keys = [*paper_tables()["tables"], *paper_tables()["figures_read_from_charts"]]
+    names = {table_name(k) for k in keys}
+    assert {f"Table {i}" for i in (1, 2, 3, 4, 5, 6, 8, 10, 11, 12, 13, 14)} | {"Figure 2", "Figure 3"} <= names
+    assert "Human study" in names and all(table_judge(k) in JUDGES for k in keys)
+    assert table_judge("table3_qlora_chatgpt") == "chatgpt" and table_judge("table5_prompting_for_length_llama1_gpt4") == "gpt4"
+    rows = paper_rows()
+    assert all(r["paper_table"] and r["paper_judge"] for r in rows)
+    # every claim's statement names the table it is read from, and quotes that table's numbers
+    assert STATEMENTS["length_diversity"][0] == "Table 4" and "15.97 -> 16.41" in STATEMENTS["length_diversity"][2]
+    assert STATEMENTS["gaussian"][0] == "Table 6" and "1062 -> 1371" in STATEMENTS["gaussian"][2]
+
+
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="needs the published AlpacaEval answers in ../shared/data")
+def test_published_answers_are_measured_beside_table5(results, monkeypatch):
+    """The paper's published Alpaca-7B / Alpaca-7B-NEFT answers (LLaMA-1), measured here, sit beside Table 5's
+    Alpaca-7B -> Alpaca-7B-NEFT row: same family and data, both judged by GPT-4."""
+    from neftlib.analysis import published_table
+    from neftlib.report import build_report
+
+    monkeypatch.setenv("NEFTLIB_DATA_DIR", str(REAL_DATA.parent))
+    run = _make_run(results, {r: r for r in ARMS})
+    write_csv(results / run / "analysis" / "published_diversity.csv", published_table(run).to_dict("records"))
+    paper = build_report(run, n_boot=200)["paper_vs_ours"].set_index("metric")
+    win = paper.loc["win rate (%), Alpaca-7B -> Alpaca-7B-NEFT"]
+    assert (win["paper_table"], win["paper_before"], win["paper_after"]) == ("Table 5", 32.36, 61.99)
+    assert win["ours_before"] == pytest.approx(26.46, abs=0.01) and win["ours_after"] > 50
+    assert win["ours_judge_scale"] == "gpt4" and bool(win["same_judge"])
+    chars = paper.loc["answer length (characters), Alpaca-7B -> Alpaca-7B-NEFT"]
+    assert chars["paper_before"] == 375.22 and chars["ours_after"] > 2 * chars["ours_before"]
+    # the published answers' log-diversity on the release code's scale, beside Table 4's (LLaMA-2) numbers
+    div = paper.loc[[m for m in paper.index if m.startswith("log-diversity (release code") and "alpaca pair" in m][0]]
+    assert div["paper_before"] == 15.97 and 10 < div["ours_before"] < 20
