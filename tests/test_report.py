@@ -259,6 +259,11 @@ def test_smoke_run_sets_every_table_of_the_paper_beside_ours(results, no_real_da
     assert lengths["same_judge"].astype(bool).all()  # characters are characters
     claims = pd.read_csv(results / cfg.run_name / "report" / "claims.csv").set_index("claim_id")
     assert claims.loc["win_rate_up", "paper_numbers"].startswith("Paper (Table 1")
+    # stage 05 also wrote the run's own variance components: one seed, so the seed's share is not measured
+    comps = pd.read_csv(results / cfg.run_name / "analysis" / "variance_components.csv").set_index("metric")
+    assert set(comps.index) >= {"avg_chars", "rouge_l", "bleu", "train_loss_nonoise", "heldout_loss",
+                                "log_diversity_release"}
+    assert comps.loc["train_loss_nonoise", "status"].startswith("one seed") and comps.loc["train_loss_nonoise", "mde"] > 0
     assert claims.loc["length_diversity", "paper_table"] == "Table 4"
 
 
