@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from neftlib.claims import log_diversity_of, ngram_counts, paired_bootstrap
+from neftlib.claims import log_diversity_of, ngram_counts, paired_bootstrap, release_values
 from neftlib.config import RunConfig, stage_config
 from neftlib.data import IGNORE_INDEX
 from neftlib.evaluate import arm_outputs
@@ -91,6 +91,9 @@ def published_table(run: str, seed: int = 0) -> pd.DataFrame:
                                                                           seed=seed)
         _, row["log_diversity_low"], row["log_diversity_high"] = paired_bootstrap(
             lambda i: log_diversity_of(counts[i]), len(texts), seed=seed)
+        release = release_values(texts, spec["cutoff"])  # the paper's Table 4 scale
+        _, row["log_diversity_release_low"], row["log_diversity_release_high"] = paired_bootstrap(
+            lambda i: np.nanmean(release[i]) if np.isfinite(release[i]).any() else np.nan, len(texts), seed=seed)
         annotations = folder / "annotations_alpaca_eval_gpt4.json"
         if annotations.exists():
             annotated = load_annotations(annotations)
@@ -152,12 +155,19 @@ def example_losses_table(cfg: RunConfig, progress: bool = True, stages: tuple[st
     return pd.DataFrame(rows, columns=["run", "stage", "arm", "set", "example", "tokens", "loss"])
 
 
-ANALYSIS_TABLES = ("overfitting", "diversity", "example_losses", "published_diversity")
+def _variance_components(cfg: RunConfig) -> pd.DataFrame:
+    from neftlib.run_variance import run_components  # reads the tables written just before it
+
+    return run_components(cfg.run_name).assign(run=cfg.run_name)
+
+
+ANALYSIS_TABLES = ("overfitting", "diversity", "example_losses", "published_diversity", "variance_components")
 
 
 def analyze_run(cfg: RunConfig, progress: bool = True) -> dict[str, pd.DataFrame]:
     """Every table, written to results/<run>/analysis/: overfitting.csv, diversity.csv, example_losses.csv
-    (per-example loss without noise) and published_diversity.csv (the paper's published answers).
+    (per-example loss without noise), published_diversity.csv (the paper's published answers) and
+    variance_components.csv (the run's own spread between prompts and seeds, and the change it could detect).
 
     Each table is written atomically and kept: a rerun (or a run finished by an older version) only
     computes the tables that are missing.
@@ -165,7 +175,8 @@ def analyze_run(cfg: RunConfig, progress: bool = True) -> dict[str, pd.DataFrame
     out = stage_dir(cfg, "analysis")
     build = {"overfitting": lambda: overfitting_table(cfg, progress), "diversity": lambda: diversity_table(cfg),
              "example_losses": lambda: example_losses_table(cfg, progress),
-             "published_diversity": lambda: published_table(cfg.run_name, seed=cfg.seed)}
+             "published_diversity": lambda: published_table(cfg.run_name, seed=cfg.seed),
+             "variance_components": lambda: _variance_components(cfg)}
     tables = {}
     for name in ANALYSIS_TABLES:
         path = out / f"{name}.csv"

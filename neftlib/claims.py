@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from neftlib.paths import run_dir
-from neftlib.textstats import LOG_DIVERSITY_CAP, whitespace_tokens
+from neftlib.textstats import LOG_DIVERSITY_CAP, log_diversity_release_values, whitespace_tokens
 
 HELD, NOT_HELD, NOISE, PARTLY, NOT_MEASURED = "held", "not held", "within noise", "partly held", "not measured here"
 DIVERSITY_MARGIN = 0.10  # "unchanged" log-diversity: the difference's interval within +-10% of the baseline's value
@@ -111,6 +111,22 @@ def log_diversity_of(counts: np.ndarray) -> float:
     return -math.log(max(1.0 - diversity, math.exp(-LOG_DIVERSITY_CAP)))
 
 
+DIVERSITY_PART = "log-diversity (release code, per answer: the paper's Table 4 scale)"
+FORMULA_PART = "log-diversity, formula as written over the whole set"
+
+
+def release_values(outputs: Sequence[str], cutoff: int) -> np.ndarray:
+    """Per answer, the release-code log-diversity of its first `cutoff` whitespace tokens; NaN for an answer
+    shorter than the cutoff (dropped, as in textstats' table)."""
+    cut = [whitespace_tokens(t)[:cutoff] if len(whitespace_tokens(t)) >= cutoff else [] for t in outputs]
+    return np.array(log_diversity_release_values(cut), dtype=float)
+
+
+def _nanmean(values: np.ndarray) -> float:
+    kept = values[~np.isnan(values)]
+    return float(kept.mean()) if kept.size else math.nan
+
+
 # ---------- reading a run ----------
 
 def read_table(path: Path) -> pd.DataFrame | None:
@@ -144,7 +160,8 @@ def run_info(run: str) -> dict:
             "train_data": train, "other_data": other, "judge": judge, "seed": cfg.get("seed"),
             "scale": (f"{data.get('train_examples', '?')} training examples, {cfg.get('epochs')} epoch(s), "
                       f"max length {cfg.get('max_length')}, {data.get('eval_prompts', '?')} AlpacaEval prompts"),
-            "cutoff": cfg.get("diversity_cutoff", 50), "overlap_limit": cfg.get("overlap_limit")}
+            "cutoff": cfg.get("diversity_cutoff", 50), "overlap_limit": cfg.get("overlap_limit"),
+            "epochs": cfg.get("epochs")}
 
 
 def arm_table(run: str) -> pd.DataFrame:
@@ -168,7 +185,9 @@ def arm_table(run: str) -> pd.DataFrame:
     div = read_table(folder / "analysis" / "diversity.csv")
     if div is not None:
         div = div.assign(stage=div["name"].str.split("-", n=1).str[0], arm=div["name"].str.split("-", n=1).str[1])
-        arms = arms.merge(div[["stage", "arm", "avg_chars", "rep_2", "rep_3", "rep_4", "log_diversity"]], how="left")
+        keep = [c for c in ("avg_chars", "avg_tokens", "rep_2", "rep_3", "rep_4", "log_diversity",
+                            "log_diversity_release") if c in div]
+        arms = arms.merge(div[["stage", "arm", *keep]], how="left")
     return arms
 
 
@@ -228,7 +247,7 @@ def evidence_row(claim: str, part: str, stage: str, arms: tuple, verdict: str, n
     return {"claim_id": claim, "part": part, "stage": stage, "baseline_arm": arms[0], "treatment_arm": arms[1],
             **{k: values.get(k, math.nan) for k in ("baseline", "treatment", "difference", "low", "high",
                                                      "baseline_low", "baseline_high", "treatment_low",
-                                                     "treatment_high")},
+                                                     "treatment_high", "n_items")},
             "basis": values.get("basis", ""), "verdict": verdict, "note": note}
 
 
@@ -270,7 +289,7 @@ class RunEvidence:
         everything = np.arange(n)
         return evidence_row(claim, part, stage, pair, verdict_of(low, high), f"{n} paired items",
                             basis=PAIRED_BASIS, baseline=stat_b(everything), treatment=stat_t(everything),
-                            difference=point, low=low, high=high)
+                            difference=point, low=low, high=high, n_items=n)
 
     def length(self, claim: str, stage: str, pair: tuple) -> dict:
         texts = [self._texts(stage, a) for a in pair] if None not in pair else [None]
@@ -281,19 +300,25 @@ class RunEvidence:
                             lambda i: lt[i].mean(), len(lb), lambda lo, hi: difference_verdict(lo, hi, "higher"))
 
     def diversity(self, claim: str, stage: str, pair: tuple) -> dict:
-        part = f"log-diversity (answers cut at {self.info['cutoff']} words)"
+        """Log-diversity on the paper's scale (Table 4): the released per-answer code, averaged over the answers
+        that reach the cutoff; the formula as written over the whole set rides along in the note."""
+        cutoff = int(self.info["cutoff"])
+        part = f"{DIVERSITY_PART} (answers cut at {cutoff} words)"
         texts = [self._texts(stage, a) for a in pair] if None not in pair else [None]
         if any(t is None for t in texts) or len(texts[0]) != len(texts[1]):
             return unmeasured(claim, part, stage, pair, "no matching model_outputs.json")
-        cb, ct = (ngram_counts(t, int(self.info["cutoff"])) for t in texts)
-        if math.isnan(log_diversity_of(cb)) or math.isnan(log_diversity_of(ct)):
-            return unmeasured(claim, part, stage, pair, f"no answer of an arm reaches {self.info['cutoff']} words")
-        margin = DIVERSITY_MARGIN * abs(log_diversity_of(cb))
-        row = self._paired(claim, part, stage, pair, lambda i: log_diversity_of(cb[i]),
-                           lambda i: log_diversity_of(ct[i]), len(cb), lambda lo, hi: flat_verdict(lo, hi, margin))
+        vb, vt = (release_values(t, cutoff) for t in texts)
+        if np.isnan(vb).all() or np.isnan(vt).all():
+            return unmeasured(claim, part, stage, pair, f"no answer of an arm reaches {cutoff} words")
+        margin = DIVERSITY_MARGIN * abs(float(np.nanmean(vb)))
+        row = self._paired(claim, part, stage, pair, lambda i: _nanmean(vb[i]), lambda i: _nanmean(vt[i]), len(vb),
+                           lambda lo, hi: flat_verdict(lo, hi, margin))
         row["note"] += f"; 'unchanged' means within +-{margin:.3g} ({DIVERSITY_MARGIN:.0%} of the baseline)"
         if row["verdict"] == NOT_HELD:
             row["note"] += "; diversity " + ("rose, less repetition" if row["difference"] > 0 else "fell")
+        cb, ct = (ngram_counts(t, cutoff) for t in texts)
+        row["note"] += (f"; {FORMULA_PART} (not the paper's scale): {log_diversity_of(cb):.3g} -> "
+                        f"{log_diversity_of(ct):.3g}")
         return row
 
     def loss(self, claim: str, stage: str, pair: tuple, subset: str, expect: str, part: str) -> dict:
