@@ -2,7 +2,7 @@
 
 Same model, same seeded subset of AlpacaEval prompts, same decoding (greedy, repetition penalty,
 max_new_tokens), side by side in one run. The prompts are sorted by length as
-`neftlib.generate.generate_answers` sorts them and cut into its batches; for each batch the batched
+`neftlib.evaluation.generate.generate_answers` sorts them and cut into its batches; for each batch the batched
 call and the loop over the same prompts run back to back, the order alternating, so drift in
 machine load hits both alike. The measured batched rate gives a projected wall time for all 805
 AlpacaEval prompts.
@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from record import publish, timed  # noqa: E402  (bench/record.py, beside this script)
 
-from neftlib.config import load_config  # noqa: E402
-from neftlib.data import load_eval_set  # noqa: E402
-from neftlib.generate import eval_prompts, generate_answers  # noqa: E402
-from neftlib.models import load_base, load_tokenizer, on_best_device  # noqa: E402
+from neftlib.base.config import load_config  # noqa: E402
+from neftlib.data.prepare import load_eval_set  # noqa: E402
+from neftlib.evaluation.generate import eval_prompts, generate_answers  # noqa: E402
+from neftlib.training.models import load_base, load_tokenizer, on_best_device  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "generate_throughput.json"
 ALPACA_EVAL_PROMPTS = 805

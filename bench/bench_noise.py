@@ -43,7 +43,7 @@ def load(name: Optional[str]) -> tuple[torch.nn.Module, str]:
     if name == RANDOM:
         return random_smollm2_shape(), RANDOM
     try:
-        from neftlib.models import load_model
+        from neftlib.training.models import load_model
     except ImportError:
         load_model = None
     if load_model is not None:

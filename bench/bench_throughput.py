@@ -1,9 +1,9 @@
-"""Training throughput: neftlib.train against transformers' Trainer with its built-in NEFTune, in one run.
+"""Training throughput: neftlib.training.train against transformers' Trainer with its built-in NEFTune, in one run.
 
 Four trainers, the same model (SmolLM2-135M-Instruct, fp32), the same tokenized Alpaca examples,
 batch size and number of optimizer steps, all with NEFTune alpha 5:
 
-- `neftlib`: neftlib.train.train (Trainer with neftlib's noise callback) with its length-grouped batches
+- `neftlib`: neftlib.training.train.train (Trainer with neftlib's noise callback) with its length-grouped batches
   (the `cpu` profile's batching);
 - `neftlib_padding_free`: the same with `padding_free=True` (each batch one row, no pad tokens);
 - `hf_trainer`: transformers' Trainer with `neftune_noise_alpha=5` and its defaults (random batches);
@@ -41,10 +41,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from neftlib.batching import EpochSampler  # noqa: E402
-from neftlib.config import load_config  # noqa: E402
-from neftlib.data import load_instructions, tokenize_rows  # noqa: E402
-from neftlib.models import count_parameters, load_model, load_tokenizer  # noqa: E402
+from neftlib.data.batching import EpochSampler  # noqa: E402
+from neftlib.base.config import load_config  # noqa: E402
+from neftlib.data.prepare import load_instructions, tokenize_rows  # noqa: E402
+from neftlib.training.models import count_parameters, load_model, load_tokenizer  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 ALPHA = 5.0
@@ -80,8 +80,8 @@ def model_flops(lengths: list[int], n_params: int, layers: int, hidden: int) -> 
 
 def run_neftlib(examples: list[dict], pad_id: int, batch: int, steps: int, max_length: int, work: Path,
                 padding_free: bool = False) -> list[dict]:
-    """Per-step rows of neftlib.train.train: seconds, real lengths of the batch, padded tokens."""
-    from neftlib.train import train
+    """Per-step rows of neftlib.training.train.train: seconds, real lengths of the batch, padded tokens."""
+    from neftlib.training.train import train
 
     cfg = load_config("cpu", model=MODEL, max_steps=steps, batch_size=batch, max_length=max_length,
                       alpha=ALPHA, group_by_length=not padding_free, padding_free=padding_free, save_every=10_000,

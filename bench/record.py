@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from neftlib.io import write_json
+from neftlib.base.io import write_json
 
 
 def timed(fn, device: torch.device):

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from neftlib.profiles import PROFILES
+from neftlib.base.profiles import PROFILES
 
 WINRATE_KEYS = ("win_rate", "standard_error", "n_wins", "n_wins_base", "n_draws", "n_total", "avg_length")
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            from neftlib.runner import run_pipeline
+            from neftlib.pipeline.runner import run_pipeline
 
             folder = run_pipeline(args.profile, args.run, seed=args.seed, alpha=args.alpha, force=args.force,
                                   only=args.only)
@@ -57,12 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "train":
             _train(args)
         elif args.command == "winrate":
-            from neftlib.winrate import summarize_annotations
+            from neftlib.evaluation.winrate import summarize_annotations
 
             stats = summarize_annotations(args.annotations)
             print(json.dumps({k: stats[k] for k in WINRATE_KEYS}))
         elif args.command == "analyze":
-            from neftlib.textstats import analyze_files
+            from neftlib.evaluation.textstats import analyze_files
 
             print(json.dumps(analyze_files(args.outputs, cutoff=args.cutoff), indent=2))
     except (ValueError, OSError, MemoryError, RuntimeError) as err:  # OSError covers missing files and a full disk
@@ -73,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace) -> None:
     """start_run + prepare_data + train_arms; every rank of a launch runs this, the main one reports."""
-    from neftlib.paths import data_notice
-    from neftlib.stages import prepare_data, stage_dir, start_run, train_arms
-    from neftlib.train import process_state
+    from neftlib.base.paths import data_notice
+    from neftlib.pipeline.stages import prepare_data, stage_dir, start_run, train_arms
+    from neftlib.training.train import process_state
 
     notice = data_notice()  # raises before the run folder is made when NEFTLIB_DATA_DIR is not a folder
     cfg = start_run(args.profile, args.run, seed=args.seed, alpha=args.alpha, grad_accum=args.grad_accum,

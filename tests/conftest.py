@@ -38,6 +38,6 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from neftlib.models import load_tokenizer
+    from neftlib.training.models import load_tokenizer
 
     return load_tokenizer("tiny-random")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from neftlib.agreement import MODELS, annotations_path, judge_agreement, published_pairs
-from neftlib.io import write_json
+from neftlib.evaluation.agreement import MODELS, annotations_path, judge_agreement, published_pairs
+from neftlib.base.io import write_json
 
 
 class FixedJudge:

@@ -48,9 +48,9 @@ def test_cli_errors_are_one_line(tmp_path):
 def test_packaged_smollm2_loads_offline_and_answers(monkeypatch):
     """The real packaged weights (converted once into .cache/) answer a simple question."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from neftlib.data import format_prompt
-    from neftlib.generate import generate_answers
-    from neftlib.models import load_base, load_tokenizer
+    from neftlib.data.prepare import format_prompt
+    from neftlib.evaluation.generate import generate_answers
+    from neftlib.training.models import load_base, load_tokenizer
 
     tok = load_tokenizer("smollm2-135m-instruct")
     model = load_base("smollm2-135m-instruct")
@@ -61,7 +61,7 @@ def test_packaged_smollm2_loads_offline_and_answers(monkeypatch):
 
 
 def test_unknown_model_is_named():
-    from neftlib.models import model_path
+    from neftlib.training.models import model_path
 
     with pytest.raises(ValueError, match="unknown model 'smollm3'.*smollm2-135m-instruct"):
         model_path("smollm3")
@@ -69,8 +69,8 @@ def test_unknown_model_is_named():
 
 def test_generation_is_batched_left_padded_and_order_preserving(tokenizer):
     """Batched answers equal one-at-a-time answers, in the input order."""
-    from neftlib.generate import generate_answers
-    from neftlib.models import load_base
+    from neftlib.evaluation.generate import generate_answers
+    from neftlib.training.models import load_base
 
     model = load_base("tiny-random")
     prompts = ["Hi", "A much longer prompt than the first one, to force padding", "Mid length prompt"]

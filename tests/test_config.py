@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from neftlib.config import RunConfig, config_from_json, load_config, qlora_config
-from neftlib.profiles import PROFILES
+from neftlib.base.config import RunConfig, config_from_json, load_config, qlora_config
+from neftlib.base.profiles import PROFILES
 
 
 @pytest.mark.parametrize("name", ["smoke", "cpu", "gpu-7b", "colab-qlora"])
@@ -63,7 +63,7 @@ def test_config_is_frozen_and_round_trips(tmp_path):
 def test_every_field_has_a_comment():
     import inspect
 
-    import neftlib.config as module
+    import neftlib.base.config as module
 
     source = inspect.getsource(module.RunConfig)
     for field in dataclasses.fields(RunConfig):

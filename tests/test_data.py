@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from neftlib.data import (ALPACA_PROMPT, IGNORE_INDEX, VICUNA_PROMPT, format_prompt, load_eval_set,
+from neftlib.data.prepare import (ALPACA_PROMPT, IGNORE_INDEX, VICUNA_PROMPT, format_prompt, load_eval_set,
                           load_instructions, tokenize_example, tokenize_rows, validate_row, DataReport)
-from neftlib.paths import MINI_EVAL, MINI_TRAIN, data_notice
+from neftlib.base.paths import MINI_EVAL, MINI_TRAIN, data_notice
 
 
 def test_alpaca_prompt_matches_the_paper_code_exactly():

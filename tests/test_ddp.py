@@ -31,7 +31,7 @@ LAUNCH_TIMEOUT = 300  # seconds; a rank stuck at a barrier fails the test instea
 # neither rank is left waiting in a collective.
 DYING_WORKER = """
 import sys
-import neftlib.batching as batching
+import neftlib.data.batching as batching
 from neftlib.__main__ import main
 
 real_collate, calls = batching.collate, [0]

@@ -51,10 +51,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from neftlib import stages
-from neftlib.evaluate import evaluate
-from neftlib.io import read_json, write_json
-from neftlib.judge import LocalJudge
+from neftlib.pipeline import stages
+from neftlib.evaluation.stage import evaluate
+from neftlib.base.io import read_json, write_json
+from neftlib.evaluation.judge import LocalJudge
 
 PROJ = Path(__file__).resolve().parents[1]
 RUN = "drill"
@@ -63,7 +63,7 @@ KW = dict(arms=("baseline", "neftune"), train_limit=12, heldout_limit=4, loss_su
           batch_size=2, max_steps=6, save_every=2, eval_limit=4, gen_batch_size=2, gen_max_new_tokens=4,
           agreement_pairs=0)
 # Imported once by the forkserver, so that each killed child starts in a fraction of a second.
-PRELOAD = ["neftlib.stages", "neftlib.train", "neftlib.evaluate", "transformers.optimization", "accelerate"]
+PRELOAD = ["neftlib.pipeline.stages", "neftlib.training.train", "neftlib.evaluation.stage", "transformers.optimization", "accelerate"]
 
 
 def _start(**extra):
@@ -135,12 +135,12 @@ def _stop_at_save_into(folder: str, marker: Path) -> None:
 
 
 def _arm_fault(fault: str, marker: Path) -> None:
-    import neftlib.batching
+    import neftlib.data.batching
     from transformers.generation.utils import GenerationMixin
 
     # Trainer fetches one batch ahead: the n-th collate call comes in step n - 1.
     if fault == "between steps":  # in step 3 of 6: checkpoint-2 on disk, step 3 only in memory
-        _stop_at_call(neftlib.batching, "collate", 4, marker)
+        _stop_at_call(neftlib.data.batching, "collate", 4, marker)
     elif fault == "writing a checkpoint":  # a file of checkpoint-4 half written
         _stop_at_save_into("checkpoint-4", marker)
     elif fault == "generating":  # 2nd batch of the 2nd arm: the 1st arm's answers saved
@@ -289,7 +289,7 @@ def test_killed_pipeline_leaves_no_kernel_running(tmp_path, sig):
     """`python -m neftlib run` killed mid-notebook: its kernel must not carry on alone (a rerun would race it)."""
     import psutil
 
-    from neftlib.runner import executed_completely
+    from neftlib.pipeline.runner import executed_completely
 
     env = {**os.environ, "NEFTLIB_RESULTS_DIR": str(tmp_path / "r"), "NEFTLIB_FIGURES_DIR": str(tmp_path / "f")}
     runner = subprocess.Popen([sys.executable, "-m", "neftlib", "run", "--profile", "smoke", "--only", "01"],
@@ -320,8 +320,8 @@ def test_notebook_killed_after_its_outputs_is_rerun_not_skipped(results, monkeyp
     """A stage can be complete (DONE.json) while its notebook's later cells (figures) never ran."""
     import papermill
 
-    from neftlib.config import load_config
-    from neftlib.runner import run_pipeline
+    from neftlib.base.config import load_config
+    from neftlib.pipeline.runner import run_pipeline
 
     run = results / "smoke"
     load_config("smoke").save(run / "config.json")
@@ -399,9 +399,9 @@ def test_data_with_no_usable_rows_refused_in_data_prep(tmp_path, results):
 
 
 def test_model_not_available_offline_is_named_with_the_fix(monkeypatch):
-    from neftlib.config import load_config
-    from neftlib.models import load_base, load_tokenizer
-    from neftlib.memory import check_fits
+    from neftlib.base.config import load_config
+    from neftlib.training.models import load_base, load_tokenizer
+    from neftlib.training.memory import check_fits
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
@@ -418,8 +418,8 @@ def test_model_not_available_offline_is_named_with_the_fix(monkeypatch):
 def test_force_moves_earlier_run_aside_never_deletes_it(results, monkeypatch):
     import papermill
 
-    from neftlib.config import load_config
-    from neftlib.runner import run_pipeline
+    from neftlib.base.config import load_config
+    from neftlib.pipeline.runner import run_pipeline
 
     earlier = results / "smoke"
     load_config("smoke").save(earlier / "config.json")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from neftlib import stages
+from neftlib.pipeline import stages
 
 PROJ = Path(__file__).resolve().parents[1]
 

@@ -9,10 +9,10 @@ import types
 import pandas as pd
 import pytest
 
-from neftlib import judge_alpaca_eval as jae
-from neftlib.config import load_config
-from neftlib.generate import model_outputs
-from neftlib.io import write_json
+from neftlib.evaluation import judge_alpaca_eval as jae
+from neftlib.base.config import load_config
+from neftlib.evaluation.generate import model_outputs
+from neftlib.base.io import write_json
 
 ROWS = [{"instruction": "Name a colour.", "output": "Blue.", "generator": "text_davinci_003", "dataset": "helpful_base"},
         {"instruction": "Add 2 and 2.", "output": "4", "generator": "text_davinci_003", "dataset": "oasst"}]
@@ -66,7 +66,7 @@ def test_model_outputs_have_exactly_alpaca_evals_fields():
 
 
 def test_run_hands_each_arm_to_alpaca_eval(results, fake_alpaca_eval):
-    from neftlib.stages import stage_dir
+    from neftlib.pipeline.stages import stage_dir
 
     cfg = load_config("smoke", run="ae")
     write_json(stage_dir(cfg, "data") / "eval.json", ROWS)

@@ -10,8 +10,8 @@ from typing import Any, Callable
 
 import pytest
 
-from neftlib.judge import JUDGE_PROMPT
-from neftlib.judge_api import JudgeAPIError, OpenAIJudge, _retry_after, parse_verdict, prob_first_better
+from neftlib.evaluation.judge import JUDGE_PROMPT
+from neftlib.evaluation.judge_api import JudgeAPIError, OpenAIJudge, _retry_after, parse_verdict, prob_first_better
 
 KEY = "sk-test-TOPSECRET-0123456789"
 INS = ["Name a colour.", "Add 2 and 2.", "Say hi."]

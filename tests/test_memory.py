@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from neftlib.config import load_config
-from neftlib.memory import GiB, check_fits, estimate_memory
+from neftlib.base.config import load_config
+from neftlib.training.memory import GiB, check_fits, estimate_memory
 
 PROJ = Path(__file__).resolve().parents[1]
 # A child process trains a 16M-parameter random LLaMA (big enough that its training memory, not the
@@ -19,11 +19,11 @@ CHILD = """
 import json, resource, sys
 import psutil, torch
 from transformers import LlamaConfig, LlamaForCausalLM
-from neftlib.config import load_config
-from neftlib.data import load_instructions, tokenize_rows
-from neftlib.memory import estimate_memory
-from neftlib.models import load_tokenizer
-from neftlib.train import train
+from neftlib.base.config import load_config
+from neftlib.data.prepare import load_instructions, tokenize_rows
+from neftlib.training.memory import estimate_memory
+from neftlib.training.models import load_tokenizer
+from neftlib.training.train import train
 
 folder, out, method, checkpointing = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
 tok = load_tokenizer("tiny-random")
@@ -75,7 +75,7 @@ def test_estimate_accounts_for_each_setting():
 
 
 def test_check_fits_names_the_parts_and_the_fixes(monkeypatch):
-    import neftlib.memory as memory
+    import neftlib.training.memory as memory
 
     monkeypatch.setattr(memory, "available_bytes", lambda device=None: (1 * GiB, "RAM"))
     with pytest.raises(MemoryError, match=r"needs about .* GiB to train \(weights .*optimizer.*\); RAM has 1.0 GiB "

@@ -3,10 +3,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import neftlib.train as train_mod
-from neftlib.config import load_config
-from neftlib.data import load_instructions, tokenize_rows
-from neftlib.models import load_base
+import neftlib.training.train as train_mod
+from neftlib.base.config import load_config
+from neftlib.data.prepare import load_instructions, tokenize_rows
+from neftlib.training.models import load_base
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_bf16_lora_keeps_a_bf16_base_and_fp32_adapters(tmp_path, examples, token
 
 
 def test_weights_precision_and_memory_estimate():
-    from neftlib.memory import estimate_memory
+    from neftlib.training.memory import estimate_memory
 
     full, lora = load_config("smoke", precision="bf16"), load_config("smoke", precision="bf16", method="lora")
     assert train_mod.weights_precision(full) == "fp32" and train_mod.weights_precision(lora) == "bf16"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from neftlib.runner import NOTEBOOKS
+from neftlib.pipeline.runner import NOTEBOOKS
 
 PROJ = Path(__file__).resolve().parents[1]
 FAKE_KEY = "sk-neftlib-test-0123456789abcdef"
@@ -158,7 +158,7 @@ def test_bad_input_refused_before_running(tmp_path, args, message):
 
 
 def test_unknown_notebook_parameter_is_refused():
-    from neftlib.runner import check_parameters
+    from neftlib.pipeline.runner import check_parameters
 
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['APLHA'\].*takes PROFILE"):
         check_parameters(PATHS[0], {"PROFILE": "smoke", "APLHA": 5})

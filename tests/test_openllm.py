@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from neftlib.config import load_config
-from neftlib.io import mark_done
-from neftlib.openllm import OPENLLM_V1, parse_tasks, run_tasks
+from neftlib.base.config import load_config
+from neftlib.base.io import mark_done
+from neftlib.evaluation.openllm import OPENLLM_V1, parse_tasks, run_tasks
 
 TASK = Path(__file__).parent / "fixtures" / "lm_eval_tasks" / "neftlib_tiny_mc.yaml"
 N_TEST_DOCS = 8  # rows of the fixture's test split
@@ -42,7 +42,7 @@ def test_missing_lm_eval_says_what_to_install(monkeypatch):
 
 
 def test_local_task_on_tiny_model_gives_an_accuracy():
-    from neftlib.models import load_base, load_tokenizer
+    from neftlib.training.models import load_base, load_tokenizer
 
     rows = run_tasks(load_base("tiny-random"), load_tokenizer("tiny-random"), ((str(TASK), 2),), batch_size=4)
     assert len(rows) == 1
@@ -54,8 +54,8 @@ def test_local_task_on_tiny_model_gives_an_accuracy():
 
 def _fake_trained_arms(cfg, arms):
     """Stand-ins for trained arms: the tiny model, its weights nudged differently per arm."""
-    from neftlib.models import load_base
-    from neftlib.stages import stage_dir
+    from neftlib.training.models import load_base
+    from neftlib.pipeline.stages import stage_dir
 
     for i, arm in enumerate(arms):
         model = load_base("tiny-random")
@@ -69,8 +69,8 @@ def _fake_trained_arms(cfg, arms):
 
 
 def test_evaluation_stage_writes_openllm_and_the_full_win_rate_table(results):
-    from neftlib.evaluate import evaluate
-    from neftlib.stages import prepare_data, stage_dir, start_run
+    from neftlib.evaluation.stage import evaluate
+    from neftlib.pipeline.stages import prepare_data, stage_dir, start_run
 
     arms = ("baseline", "neftune")
     cfg = start_run("smoke", "openllm", arms=arms, qlora_arms=(), openllm_tasks=f"{TASK}:2")
@@ -93,7 +93,7 @@ def test_evaluation_stage_writes_openllm_and_the_full_win_rate_table(results):
     assert (stage_dir(cfg, "eval") / "train-neftune" / "openllm.json").exists()  # per-arm, resumable
 
     # The report reads the table the stage wrote, in percentage points (it once looked for a column 'acc').
-    from neftlib.claims import Evidence
+    from neftlib.analysis.claims import Evidence
 
     rows = Evidence(cfg.run_name, n_boot=50).openllm("openllm_flat", "train", arms)
     assert len(rows) == 1 and rows[0]["part"] == "neftlib_tiny_mc accuracy"

@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from neftlib.power import (components_from_summaries, design, design_table, interval_detectable_effect,
+from neftlib.analysis.power import (components_from_summaries, design, design_table, interval_detectable_effect,
                            minimum_detectable_effect, overlap_detectable_effect, power_of, seed_change_variance,
                            variance_components)
 
 
 def _simulate(n: int, k: int, sd_prompt: float, sd_seed: float, sd_residual: float, effect: float,
               reps: int, rng: np.random.Generator) -> np.ndarray:
-    """Per-prompt differences d[rep, seed, prompt] drawn from the model of neftlib.power."""
+    """Per-prompt differences d[rep, seed, prompt] drawn from the model of neftlib.analysis.power."""
     iota = rng.normal(0, sd_prompt, (reps, 1, n))
     eta = rng.normal(0, math.sqrt(2) * sd_seed, (reps, k, 1))
     return effect + iota + eta + rng.normal(0, sd_residual, (reps, k, n))
@@ -134,8 +134,8 @@ def test_design_table_has_every_design_and_the_relative_mde():
 def test_run_components_recover_the_variances_of_a_run_with_known_answers(results):
     """A results folder with 6 seeds of alpha 0 and alpha 5 whose answer lengths follow the model with known
     components: the run's own estimate recovers them, pairing each noised arm with its seed's baseline."""
-    from neftlib.io import write_csv, write_json
-    from neftlib.run_variance import per_item_differences, run_components
+    from neftlib.base.io import write_csv, write_json
+    from neftlib.analysis.run_variance import per_item_differences, run_components
 
     rng = np.random.default_rng(11)
     n, k, sd_prompt, sd_seed, sd_residual = 300, 6, 40.0, 8.0, 30.0

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from neftlib.claims import (HELD, NOISE, NOT_HELD, NOT_MEASURED, PARTLY, combine, difference_verdict, flat_verdict,
+from neftlib.analysis.claims import (HELD, NOISE, NOT_HELD, NOT_MEASURED, PARTLY, combine, difference_verdict, flat_verdict,
                             interval_verdict, is_chat_model, log_diversity_of, ngram_counts, paired_bootstrap,
                             pick_roles)
-from neftlib.io import write_csv, write_json
-from neftlib.paper import FIGURE1, paper_dataset
-from neftlib.textstats import length_diversity_table, log_diversity, whitespace_tokens
+from neftlib.base.io import write_csv, write_json
+from neftlib.analysis.paper import FIGURE1, paper_dataset
+from neftlib.evaluation.textstats import length_diversity_table, log_diversity, whitespace_tokens
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_eval"
 
@@ -156,7 +156,7 @@ def _make_run(root: Path, names: dict[str, str]) -> str:
 @pytest.mark.parametrize("names", [{r: r for r in ARMS},  # the default arms, and sweep-style names
                                    {"baseline": "alpha0-seed1", "neftune": "alpha5-seed1", "gaussian": "gauss5-seed1"}])
 def test_report_verdicts_from_results(tmp_path, monkeypatch, names):
-    from neftlib.report import REPORT_TABLES, build_report
+    from neftlib.analysis.report import REPORT_TABLES, build_report
 
     monkeypatch.setenv("NEFTLIB_RESULTS_DIR", str(tmp_path))
     run = _make_run(tmp_path, names)
@@ -186,7 +186,7 @@ def test_report_verdicts_from_results(tmp_path, monkeypatch, names):
 
 
 def test_published_table_says_why_it_is_skipped(monkeypatch):
-    from neftlib.analysis import published_table
+    from neftlib.analysis.overfitting import published_table
 
     monkeypatch.delenv("NEFTLIB_DATA_DIR", raising=False)
     table = published_table("r")
@@ -195,7 +195,7 @@ def test_published_table_says_why_it_is_skipped(monkeypatch):
 
 @pytest.mark.skipif(not REAL_DATA.is_dir(), reason="needs the published AlpacaEval answers in ../shared/data")
 def test_published_table_on_the_papers_answers(monkeypatch):
-    from neftlib.analysis import published_table
+    from neftlib.analysis.overfitting import published_table
 
     monkeypatch.setenv("NEFTLIB_DATA_DIR", str(REAL_DATA.parent))
     table = published_table("r").set_index("model")
@@ -218,12 +218,12 @@ def test_smoke_run_sets_every_table_of_the_paper_beside_ours(results, no_real_da
     """A smoke run through the stage code (train, answers and local judge, analysis, report): its
     paper_vs_ours.csv holds the paper's numbers from Tables 1-6, each row naming its table and judge, and no
     win rate is read as the same scale as one from another judge."""
-    from neftlib.analysis import analyze_run
-    from neftlib.evaluate import evaluate
-    from neftlib.paper import cell
-    from neftlib.report import build_report
-    from neftlib.stages import prepare_data, start_run, train_arms
-    from neftlib.sweep import sweep_tables
+    from neftlib.analysis.overfitting import analyze_run
+    from neftlib.evaluation.stage import evaluate
+    from neftlib.analysis.paper import cell
+    from neftlib.analysis.report import build_report
+    from neftlib.pipeline.stages import prepare_data, start_run, train_arms
+    from neftlib.analysis.sweep import sweep_tables
 
     cfg = start_run("smoke", max_steps=2)
     prepare_data(cfg)
@@ -297,8 +297,8 @@ def _length_run(root: Path, seeds: dict[int, float], n: int = 200, sd_diff: floa
 def test_report_prints_the_smallest_change_the_run_could_detect(results):
     """One seed, no effect, per-prompt differences with SD 60 over 200 prompts: the verdict is 'within noise'
     and the row carries the MDE of that design, 2.8 * 60 / sqrt(200) ~ 11.9 characters."""
-    from neftlib.power import minimum_detectable_effect
-    from neftlib.report import build_report
+    from neftlib.analysis.power import minimum_detectable_effect
+    from neftlib.analysis.report import build_report
 
     run = _length_run(results, {0: 0.0})
     tables = build_report(run, n_boot=1000)
@@ -321,8 +321,8 @@ def test_report_prints_the_smallest_change_the_run_could_detect(results):
 def test_seeds_that_move_the_change_raise_the_detectable_change(results):
     """Three seeds whose noised arms differ by -40, 0 and +40 characters on the same prompts: the seed's share
     (what the per-seed changes spread beyond the prompts' noise) is added to the one-pair verdict's MDE."""
-    from neftlib.power import interval_detectable_effect
-    from neftlib.report import build_report
+    from neftlib.analysis.power import interval_detectable_effect
+    from neftlib.analysis.report import build_report
 
     run = _length_run(results, {0: -40.0, 1: 0.0, 2: 40.0})
     row = build_report(run, n_boot=1000)["claim_evidence"].set_index("part").loc["answer length (characters)"].iloc[0]
@@ -332,8 +332,8 @@ def test_seeds_that_move_the_change_raise_the_detectable_change(results):
 
 
 def test_every_paper_table_is_named_and_judged():
-    from neftlib.paper import JUDGES, STATEMENTS, paper_tables, table_judge, table_name
-    from neftlib.paper_rows import paper_rows
+    from neftlib.analysis.paper import JUDGES, STATEMENTS, paper_tables, table_judge, table_name
+    from neftlib.analysis.paper_rows import paper_rows
 
     keys = [*paper_tables()["tables"], *paper_tables()["figures_read_from_charts"]]
     names = {table_name(k) for k in keys}
@@ -351,8 +351,8 @@ def test_every_paper_table_is_named_and_judged():
 def test_published_answers_are_measured_beside_table5(results, monkeypatch):
     """The paper's published Alpaca-7B / Alpaca-7B-NEFT answers (LLaMA-1), measured here, sit beside Table 5's
     Alpaca-7B -> Alpaca-7B-NEFT row: same family and data, both judged by GPT-4."""
-    from neftlib.analysis import published_table
-    from neftlib.report import build_report
+    from neftlib.analysis.overfitting import published_table
+    from neftlib.analysis.report import build_report
 
     monkeypatch.setenv("NEFTLIB_DATA_DIR", str(REAL_DATA.parent))
     run = _make_run(results, {r: r for r in ARMS})

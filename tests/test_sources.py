@@ -3,10 +3,10 @@ import json
 
 import pytest
 
-from neftlib.data import (IGNORE_INDEX, VICUNA_SYSTEM, format_prompt, load_instructions, resolve_train_source,
+from neftlib.data.prepare import (IGNORE_INDEX, VICUNA_SYSTEM, format_prompt, load_instructions, resolve_train_source,
                           tokenize_example)
-from neftlib.paths import MINI_TRAIN
-from neftlib.sources import SOURCES, local_candidates
+from neftlib.base.paths import MINI_TRAIN
+from neftlib.data.sources import SOURCES, local_candidates
 
 
 def write(path, rows):

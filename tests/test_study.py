@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import math
 
-from neftlib.config import load_config
+from neftlib.base.config import load_config
 
 
 def test_new_token_counts_and_the_cap(tokenizer):
     """Each answer's count is its tokens up to EOS; an answer without EOS ran to the cap."""
-    from neftlib.generate import cap_record, generate_with_lengths
-    from neftlib.models import load_base
+    from neftlib.evaluation.generate import cap_record, generate_with_lengths
+    from neftlib.training.models import load_base
 
     model = load_base("tiny-random")
     prompts = ["Hi", "A much longer prompt than the first one, to force padding", "Mid length prompt"]
@@ -37,10 +37,10 @@ def test_study_profile_is_the_designed_study():
 
 def test_answers_only_run_records_lengths_and_cap_share(results):
     """judge='none': 04 writes answers, their token counts and no win rate; 05 reports the cap share per arm."""
-    from neftlib.analysis import diversity_table
-    from neftlib.evaluate import evaluate
-    from neftlib.io import read_json
-    from neftlib.stages import prepare_data, stage_dir, start_run, train_arms
+    from neftlib.analysis.overfitting import diversity_table
+    from neftlib.evaluation.stage import evaluate
+    from neftlib.base.io import read_json
+    from neftlib.pipeline.stages import prepare_data, stage_dir, start_run, train_arms
 
     cfg = start_run("smoke", judge="none", arms=("baseline", "neftune"), max_steps=2)
     prepare_data(cfg)

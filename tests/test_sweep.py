@@ -4,8 +4,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from neftlib.config import load_config, parse_arm, sweep_arms
-from neftlib.sweep import alpha_effects
+from neftlib.base.config import load_config, parse_arm, sweep_arms
+from neftlib.analysis.sweep import alpha_effects
 
 
 def test_sweep_arm_names_carry_alpha_distribution_and_seed():
@@ -20,7 +20,7 @@ def test_sweep_arm_names_carry_alpha_distribution_and_seed():
 
 
 def test_sweep_arms_train_with_their_own_seed(results):
-    from neftlib.stages import prepare_data, start_run, train_arms
+    from neftlib.pipeline.stages import prepare_data, start_run, train_arms
 
     cfg = start_run("smoke", arms=("baseline", "alpha0-seed0", "alpha0-seed1", "alpha5-seed1"), max_steps=3)
     prepare_data(cfg)
@@ -53,8 +53,8 @@ def test_one_seed_never_counts_as_beyond_the_seed_spread():
 
 
 def test_rebuild_all_draws_the_alpha_sweep_from_its_table(results):
-    from neftlib.figures import rebuild_all
-    from neftlib.io import write_csv
+    from neftlib.analysis.figures import rebuild_all
+    from neftlib.base.io import write_csv
 
     frame = _metrics({(0, 0): 300, (0, 1): 310, (5, 0): 350, (5, 1): 360}).assign(model="tiny", rep_2=1.0)
     write_csv(results / "sw" / "analysis" / "arm_metrics.csv", frame.to_dict("records"))
@@ -67,8 +67,8 @@ def test_rebuild_all_draws_the_alpha_sweep_from_its_table(results):
 
 def test_a_stage_without_arms_leaves_the_arm_table_to_the_others(results):
     # A sweep profile has no QLoRA arms: its qlora/summary.csv holds no rows, not even a header.
-    from neftlib.claims import arm_table
-    from neftlib.io import write_csv
+    from neftlib.analysis.claims import arm_table
+    from neftlib.base.io import write_csv
 
     write_csv(results / "sw" / "train" / "summary.csv", [{"arm": "alpha0-seed0", "alpha": 0.0,
                                                          "distribution": "uniform", "seed": 0}])
@@ -78,7 +78,7 @@ def test_a_stage_without_arms_leaves_the_arm_table_to_the_others(results):
 
 
 def test_sweep_conclusion_says_what_beats_the_seed_spread():
-    from neftlib.sweep import sweep_conclusion
+    from neftlib.analysis.sweep import sweep_conclusion
 
     frame = _metrics({(0, 0): 300, (0, 1): 310, (5, 0): 350, (5, 1): 360, (10, 0): 305, (10, 1): 307,
                       (15, 0): 250, (15, 1): 240})
@@ -99,8 +99,8 @@ def test_alpha_effects_carry_the_smallest_change_their_seeds_detect():
     printed beside the verdicts that saw nothing, not beside those beyond the seed spread."""
     import math
 
-    from neftlib.power import Design, detectable_effect
-    from neftlib.sweep import sweep_conclusion
+    from neftlib.analysis.power import Design, detectable_effect
+    from neftlib.analysis.sweep import sweep_conclusion
 
     # changes per seed: alpha 5 +40/+60, alpha 10 -4/+6 (three seeds would be the same test with df 2)
     frame = _metrics({(0, 0): 300, (0, 1): 310, (5, 0): 340, (5, 1): 370, (10, 0): 296, (10, 1): 316})

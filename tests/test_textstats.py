@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from neftlib.textstats import (
+from neftlib.evaluation.textstats import (
     analyze_files,
     bleu,
     diversity,

@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
-import neftlib.batching as batching
-import neftlib.train as train_mod
-from neftlib.config import load_config, qlora_config
-from neftlib.data import load_instructions, tokenize_rows
-from neftlib.train import train
+import neftlib.data.batching as batching
+import neftlib.training.train as train_mod
+from neftlib.base.config import load_config, qlora_config
+from neftlib.data.prepare import load_instructions, tokenize_rows
+from neftlib.training.train import train
 
 
 @pytest.fixture(scope="module")

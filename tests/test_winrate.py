@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neftlib.winrate import (
+from neftlib.evaluation.winrate import (
     bootstrap_ci,
     length_controlled_from_annotations,
     length_controlled_win_rate,

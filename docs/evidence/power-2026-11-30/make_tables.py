@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from neftlib.detectable import seed_changes
-from neftlib.io import write_csv
-from neftlib.power import components_from_summaries, design_table, seed_change_variance
-from neftlib.textstats import log_diversity_release_values, whitespace_tokens
+from neftlib.analysis.detectable import seed_changes
+from neftlib.base.io import write_csv
+from neftlib.analysis.power import components_from_summaries, design_table, seed_change_variance
+from neftlib.evaluation.textstats import log_diversity_release_values, whitespace_tokens
 
 HERE = Path(__file__).resolve().parent
 SWEEP = HERE.parent / "cpu-sweep-2026-11-26"
@@ -113,8 +113,8 @@ def main() -> None:
 def runs_table(components: pd.DataFrame, sweep_cfg: dict) -> pd.DataFrame:
     """The MDE of the sweep as it ran (beside the changes it measured) and of the cpu-study profile as designed
     (whose own variances, at another training setting, will replace these)."""
-    from neftlib.config import load_config
-    from neftlib.power import minimum_detectable_effect
+    from neftlib.base.config import load_config
+    from neftlib.analysis.power import minimum_detectable_effect
 
     study = load_config("cpu-study")
     designs = {"cpu-sweep (as run, 2 seeds)": (sweep_cfg, 2),

@@ -1,0 +1,232 @@
+"""The one typed run configuration, and profiles resolved into it."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+METHODS = ("full", "lora", "qlora")
+DISTRIBUTIONS = ("uniform", "gaussian")
+SCALINGS = ("per_example", "padded")
+PRECISIONS = ("fp32", "bf16", "fp16")
+PROMPT_FORMATS = ("alpaca", "vicuna", "chat")
+JUDGES = ("local", "openai", "none")
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run depends on; written to results/<run>/config.json."""
+
+    profile: str = "smoke"  # name of the profile this config came from
+    run: str = ""  # results/<run>/ folder; empty means the profile name
+    seed: int = 0  # seeds data order, init of LoRA, noise (mixed with rank) and eval subsets
+    # --- model ---
+    model: str = "tiny-random"  # "tiny-random", "smollm2-135m-instruct", "gemma-3-270m", a local folder or a hub id
+    method: str = "full"  # "full" fine-tune (the paper), "lora", or "qlora" (4-bit NF4 base + LoRA)
+    lora_r: int = 16  # LoRA rank (lora / qlora)
+    lora_alpha: int = 32  # LoRA scaling numerator
+    lora_dropout: float = 0.05  # dropout on the LoRA branch
+    lora_targets: tuple[str, ...] = ALL_LINEAR  # modules that get LoRA adapters (all linear layers, as QLoRA)
+    precision: str = "fp32"  # compute dtype (autocast); trained weights stay fp32. bf16 on recent GPUs, as the paper
+    gradient_checkpointing: bool = False  # trade compute for memory (7B)
+    # --- data ---
+    train_data: str = "mini"  # "mini" (data/), "alpaca", "evol-instruct", "open-platypus", "sharegpt" (NEFTLIB_DATA_DIR, else the hub), "auto" (local alpaca else mini), or a file
+    train_limit: int | None = None  # rows kept after the seeded shuffle; None keeps all
+    drop_bad_rows: bool = False  # drop (and count) malformed rows instead of stopping at the first
+    heldout_limit: int = 32  # rows held out of the training set for the held-out loss (05)
+    prompt_format: str = "alpaca"  # "alpaca" (paper, all sets but ShareGPT), "vicuna" (ShareGPT), "chat" (model's template)
+    max_length: int = 512  # tokens per example after formatting (the paper: 512)
+    eval_data: str = "auto"  # "mini" (data/mini_eval.json), "alpaca_eval" (805 prompts), "auto", or a file
+    eval_limit: int | None = None  # seeded subset of the evaluation prompts; None = all
+    # --- optimisation ---
+    epochs: float = 1.0  # passes over the training set (the paper: 3)
+    max_steps: int | None = None  # optimizer steps; overrides epochs when set
+    batch_size: int = 4  # examples per micro-batch per process
+    effective_batch: int | None = None  # examples per optimizer step over all processes (paper: 128); grad_accum follows from it
+    grad_accum: int = 1  # micro-batches per optimizer step and process, when effective_batch is not set
+    learning_rate: float = 5e-5  # peak LR (paper code: 5e-5 for 7B)
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup_ratio: float = 0.03  # linear warmup share of steps, then cosine decay
+    max_grad_norm: float = 1.0  # gradient clipping
+    group_by_length: bool = True  # batch similar lengths together to cut padding
+    padding_free: bool = False  # concatenate a batch's examples in one row (position_ids restart per example, no pads)
+    optim: str = "adamw_torch"  # transformers' optimizer name (TrainingArguments.optim), e.g. "paged_adamw_8bit" for QLoRA
+    logging_steps: int = 1  # optimizer steps per row of log.csv (one device sync per row on a GPU)
+    report_to: str = "none"  # where Trainer also logs: "none", "tensorboard", "wandb", ... (offline default: none)
+    deterministic: bool | None = None  # deterministic kernels while training; None: on for CPU (free), off on GPU (slower there)
+    # --- NEFTune ---
+    alpha: float = 5.0  # noise alpha of the NEFTune arm (paper: 5 for 7B, 15 for 70B)
+    noise_scaling: str = "per_example"  # "per_example" (paper code) or "padded" (transformers)
+    arms: tuple[str, ...] = ("baseline", "neftune", "gaussian")  # arms trained by 02 (03 uses qlora_arms); sweep arms: sweep_arms()
+    qlora_arms: tuple[str, ...] = ("baseline", "neftune")  # arms trained by 03
+    # --- bookkeeping ---
+    save_every: int = 50  # optimizer steps between atomic checkpoints
+    loss_subset: int = 32  # training rows whose noise-free loss is measured after training
+    # --- generation and judging ---
+    gen_max_new_tokens: int = 256  # answer length cap
+    gen_batch_size: int = 16  # prompts per generate call (left-padded, sorted by length)
+    repetition_penalty: float = 1.2  # the paper's decoding
+    judge: str = "local"  # "local" (a transformers model, from the log-probs of its two choices), "openai" (NEFTLIB_JUDGE_* endpoint, e.g. GPT-4) or "none" (answers only: no win rate)
+    judge_model: str = ""  # judge model; empty means the run's base model (local) or NEFTLIB_JUDGE_MODEL (openai)
+    agreement_pairs: int = 0  # published GPT-4-judged pairs per model on which the judge's agreement is measured (0 = skip)
+    overlap_limit: int = 16  # training prompts answered for ROUGE-L / BLEU (05)
+    diversity_cutoff: int = 50  # whitespace tokens for the repetition / diversity table (paper: 50 for Alpaca)
+    openllm_tasks: str = ""  # lm-eval tasks scored per arm in 04: "" skips, "openllm-v1" (ARC 25-shot, HellaSwag 10, MMLU 5, TruthfulQA 0), or "task:shots,..."
+    openllm_limit: int | None = None  # documents per lm-eval task (None = all); a quick look at a big model
+
+    def __post_init__(self) -> None:
+        _check_choice("method", self.method, METHODS)
+        _check_choice("noise_scaling", self.noise_scaling, SCALINGS)
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("prompt_format", self.prompt_format, PROMPT_FORMATS)
+        _check_choice("judge", self.judge, JUDGES)
+        from neftlib.evaluation.openllm import parse_tasks
+
+        parse_tasks(self.openllm_tasks)  # a malformed task list fails here, not after training
+        if not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha) or self.alpha < 0:
+            raise ValueError(f"alpha must be a finite number >= 0 (the paper uses 5 to 15), got {self.alpha!r}")
+        if self.effective_batch is not None and self.grad_accum != 1:
+            raise ValueError(f"give either effective_batch ({self.effective_batch}) or grad_accum ({self.grad_accum}), "
+                             "not both: with effective_batch, grad_accum follows from batch_size and the processes")
+        if self.effective_batch is not None and (not isinstance(self.effective_batch, int) or self.effective_batch < 1):
+            raise ValueError(f"effective_batch must be a positive integer or None, got {self.effective_batch!r}")
+        for name in ("batch_size", "grad_accum", "max_length", "save_every", "gen_max_new_tokens", "gen_batch_size",
+                     "logging_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        for arm in (*self.arms, *self.qlora_arms):
+            parse_arm(arm, self)
+
+    @property
+    def run_name(self) -> str:
+        return self.run or self.profile
+
+    @property
+    def load_in_4bit(self) -> bool:
+        return self.method == "qlora"
+
+    def grad_accum_for(self, world: int) -> int:
+        """Micro-batches per optimizer step on each of `world` processes: from effective_batch when set."""
+        if self.effective_batch is None:
+            return self.grad_accum
+        per_step = self.batch_size * world
+        if self.effective_batch % per_step:
+            raise ValueError(
+                f"effective_batch={self.effective_batch} cannot be reached with batch_size={self.batch_size} on "
+                f"{world} process(es) ({per_step} examples per micro-step): choose a batch_size and number of "
+                f"processes whose product divides {self.effective_batch}")
+        return self.effective_batch // per_step
+
+    def for_arm(self, arm: str) -> "ArmConfig":
+        """The training config of one arm: the same run, differing only in the noise."""
+        return parse_arm(arm, self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        from neftlib.base.io import write_json
+
+        write_json(path, self.to_dict())
+
+
+@dataclass(frozen=True)
+class ArmConfig:
+    """The noise of one arm of the comparison."""
+
+    name: str  # "baseline", "neftune", "gaussian", or a sweep arm such as "alpha10-seed1"
+    alpha: float  # 0 for the baseline
+    distribution: str = "uniform"  # "uniform" (paper) or "gaussian" (ablation)
+    seed: int | None = None  # training seed (init, data order, noise) of a sweep arm; None: the run's seed
+
+
+# Baseline and NEFTune differ only in alpha; the Gaussian control only in the distribution.
+ARMS = {
+    "baseline": lambda c: (0.0, "uniform"),
+    "neftune": lambda c: (float(c.alpha), "uniform"),
+    "gaussian": lambda c: (float(c.alpha), "gaussian"),
+}
+
+
+# A sweep arm names its noise and training seed: "alpha10-seed1" (uniform), "gauss5-seed0" (Gaussian).
+# The data split and evaluation prompts stay those of the run's seed, so arms differ only in
+# alpha, distribution and the training seed.
+_SWEEP_ARM = re.compile(r"^(alpha|gauss)(\d+(?:\.\d+)?)-seed(\d+)$")
+
+
+def sweep_arms(alphas: tuple[float, ...], seeds: tuple[int, ...], distribution: str = "uniform") -> tuple[str, ...]:
+    """Arm names of an alpha x seed sweep; alpha 0 is that seed's baseline."""
+    prefix = {"uniform": "alpha", "gaussian": "gauss"}[distribution]
+    return tuple(f"{prefix}{a:g}-seed{s}" for a in alphas for s in seeds)
+
+
+def parse_arm(name: str, cfg: RunConfig) -> ArmConfig:
+    """The noise of an arm, from its name; a ValueError listing the valid names otherwise."""
+    if name in ARMS:
+        alpha, distribution = ARMS[name](cfg)
+        return ArmConfig(name=name, alpha=alpha, distribution=distribution)
+    match = _SWEEP_ARM.match(str(name))
+    if not match:
+        raise ValueError(f"arm {name!r} is not one of {', '.join(ARMS)} or a sweep arm like 'alpha10-seed1' / "
+                         "'gauss5-seed0'")
+    kind, alpha, seed = match.groups()
+    return ArmConfig(name=name, alpha=float(alpha), distribution="uniform" if kind == "alpha" else "gaussian",
+                     seed=int(seed))
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(choices)}")
+
+
+def load_config(profile: str, **overrides: Any) -> RunConfig:
+    """The config of a named profile, with field overrides (e.g. from papermill parameters)."""
+    from neftlib.base.profiles import PROFILES
+
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown config field(s) {unknown}; valid fields: {', '.join(sorted(fields))}")
+    values: dict[str, Any] = {**PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None}}
+    for key in ("lora_targets", "arms", "qlora_arms"):
+        if key in values and isinstance(values[key], list):
+            values[key] = tuple(values[key])
+    return RunConfig(profile=profile, **values)
+
+
+def qlora_config(cfg: RunConfig) -> RunConfig:
+    """The 03 stage's config: the same run with the profile's QLoRA overrides."""
+    from neftlib.base.profiles import QLORA
+
+    return dataclasses.replace(cfg, **QLORA.get(cfg.profile, QLORA["default"]))
+
+
+def stage_config(cfg: RunConfig, stage: str) -> tuple[RunConfig, tuple[str, ...]]:
+    """The training config and arms of a stage: 'train' (02) or 'qlora' (03)."""
+    if stage == "qlora":
+        q = qlora_config(cfg)
+        return q, q.qlora_arms
+    return cfg, cfg.arms
+
+
+def config_from_json(path: Path) -> RunConfig:
+    """The config an earlier run saved; a ValueError naming the file when it no longer fits RunConfig."""
+    data = json.loads(Path(path).read_text())
+    for key in ("lora_targets", "arms", "qlora_arms"):
+        if isinstance(data.get(key), list):
+            data[key] = tuple(data[key])
+    try:
+        return RunConfig(**data)
+    except TypeError as err:
+        raise ValueError(f"{path} was written by another version of neftlib ({err}); "
+                         "use --run NEW_NAME, or --force to move that run aside") from None

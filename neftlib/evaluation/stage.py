@@ -1,0 +1,114 @@
+"""Stage 04: answers to the evaluation prompts for every trained arm, judged against the reference answers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from neftlib.base.config import RunConfig, stage_config
+from neftlib.evaluation.generate import cap_record, eval_prompts, generate_with_lengths, model_outputs
+from neftlib.base.io import is_done, mark_done, read_json, write_csv, write_json
+from neftlib.evaluation.judge import LocalJudge, annotations
+from neftlib.training.models import free_memory, load_base, load_tokenizer, on_best_device
+from neftlib.pipeline.stages import stage_dir, trained_arms
+from neftlib.evaluation.winrate import bootstrap_ci, length_controlled_win_rate, summarize_preferences, win_values
+
+
+def arm_outputs(cfg: RunConfig, stage: str, arm: str, folder: Path, rows: list[dict], tok, *,
+                name: str = "model_outputs", progress: bool = True) -> list[dict]:
+    """Generate (or reuse) an arm's answers to `rows`, saved as <eval>/<stage>-<arm>/<name>.json, with the
+    tokens per answer and which ones the cap cut in <name>_lengths.json (alpaca_eval's format has no room)."""
+    from neftlib.training.train import load_trained
+
+    out = stage_dir(cfg, "eval") / f"{stage}-{arm}" / f"{name}.json"
+    if out.exists():
+        return read_json(out)
+    run_cfg, _ = stage_config(cfg, stage)
+    model = load_trained(run_cfg, folder)
+    answers, new_tokens = generate_with_lengths(
+        model, tok, eval_prompts(rows, cfg.prompt_format, tok), max_new_tokens=cfg.gen_max_new_tokens,
+        batch_size=cfg.gen_batch_size, repetition_penalty=cfg.repetition_penalty, progress=progress,
+        desc=f"{stage}-{arm}")
+    del model
+    free_memory()  # before the next arm's model is loaded
+    outputs = model_outputs(rows, answers, generator=f"{cfg.run_name}-{stage}-{arm}")
+    write_json(out.with_name(f"{name}_lengths.json"), cap_record(new_tokens, cfg.gen_max_new_tokens))
+    write_json(out, outputs)  # last: its presence means both files are complete
+    return outputs
+
+
+def make_judge(cfg: RunConfig):
+    """The configured pairwise judge: a local transformers model, or an OpenAI-compatible endpoint."""
+    if cfg.judge == "openai":
+        from neftlib.evaluation.judge_api import OpenAIJudge
+
+        return OpenAIJudge(model=cfg.judge_model or None)
+    name = cfg.judge_model or cfg.model
+    model = on_best_device(load_base(name, precision=cfg.precision))
+    return LocalJudge(model, load_tokenizer(name), name=f"local:{name}")
+
+
+def measure_agreement(cfg: RunConfig, judge, progress: bool = True) -> dict:
+    """The judge's agreement with GPT-4 on published judged pairs (empty when there are none to use)."""
+    from neftlib.evaluation.agreement import judge_agreement, published_pairs
+    from neftlib.base.paths import data_dir
+
+    out = stage_dir(cfg, "eval") / "judge_agreement.json"
+    if out.exists():
+        return read_json(out)
+    root = data_dir()
+    if cfg.agreement_pairs <= 0 or root is None or not (root / "alpaca_eval").is_dir():
+        return {}
+    pairs = published_pairs(root, limit_per_model=cfg.agreement_pairs, seed=cfg.seed)
+    result = judge_agreement(judge, pairs, cache_path=stage_dir(cfg, "eval") / "judge_cache.json", progress=progress)
+    write_json(out, result)
+    return result
+
+
+def unjudged_row(cfg: RunConfig, stage: str, arm: str, outputs: list[dict]) -> dict:
+    """A winrates.csv row for judge='none': the answers' count and length, and no win rate."""
+    lengths = [len(o["output"]) for o in outputs]
+    return {"run": cfg.run_name, "stage": stage, "arm": arm, "judge": "none", "win_rate": float("nan"),
+            "n_total": len(outputs), "avg_length": sum(lengths) / len(lengths) if lengths else float("nan")}
+
+
+def evaluate(cfg: RunConfig, progress: bool = True) -> pd.DataFrame:
+    """Win rate (with standard error, a bootstrap 95% interval and a length-controlled win rate), length and
+    the judge's agreement with GPT-4 for every trained arm; OpenLLM tasks too when the profile names them."""
+    out = stage_dir(cfg, "eval")
+    if is_done(out):
+        return pd.read_csv(out / "winrates.csv")
+    rows = read_json(stage_dir(cfg, "data") / "eval.json")
+    tok = load_tokenizer(cfg.model)
+    arms = trained_arms(cfg)
+    if not arms:
+        raise FileNotFoundError(f"no finished training arm under {stage_dir(cfg, 'train')}: run 02 (and 03) first")
+    outputs = {(stage, arm): arm_outputs(cfg, stage, arm, folder, rows, tok, progress=progress)
+               for stage, arm, folder in arms}
+    if cfg.judge == "none":
+        table = [unjudged_row(cfg, stage, arm, outs) for (stage, arm), outs in outputs.items()]
+        write_csv(out / "winrates.csv", table)
+        mark_done(out)
+        return pd.DataFrame(table)
+    judge = make_judge(cfg)
+    agreement = measure_agreement(cfg, judge, progress)
+    table = []
+    for (stage, arm), outs in outputs.items():
+        prefs = judge.judge([r["instruction"] for r in rows], [o["output"] for o in outs],
+                            [r["output"] for r in rows], cache_path=out / "judge_cache.json", progress=progress)
+        write_json(out / f"{stage}-{arm}" / "annotations.json", annotations(rows, outs, prefs, judge.name))
+        stats = summarize_preferences(prefs, [len(o["output"]) for o in outs])
+        low, high = bootstrap_ci(win_values(prefs), seed=cfg.seed)
+        # win rate at equal answer length (logistic model on the length difference; winrate.py says how)
+        lc = length_controlled_win_rate(prefs, [len(o["output"]) for o in outs], [len(r["output"]) for r in rows])
+        table.append({"run": cfg.run_name, "stage": stage, "arm": arm, "judge": judge.name, **stats,
+                      "ci_low": low, "ci_high": high, "lc_win_rate": lc,
+                      # printed beside every win rate: how often this judge sides with GPT-4
+                      "judge_agreement": agreement.get("agreement"), "agreement_n": agreement.get("n", 0)})
+    write_csv(out / "winrates.csv", table)
+    if cfg.openllm_tasks:  # ARC / HellaSwag / MMLU / TruthfulQA per arm -> eval/openllm.csv
+        from neftlib.evaluation.openllm import openllm_table
+
+        openllm_table(cfg)
+    mark_done(out)
+    return pd.DataFrame(table)

@@ -1,0 +1,98 @@
+"""Runs the numbered notebooks in order with papermill, each in a fresh kernel."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from neftlib.base.io import is_done
+from neftlib.base.paths import NOTEBOOKS_DIR, data_notice, run_dir
+from neftlib.pipeline.stages import check_same_config, run_config
+
+NOTEBOOKS = ("01_data_prep", "02_noisy_training", "03_qlora_variant", "04_evaluation", "05_overfitting_and_length",
+             "06_report")
+STAGE_OUTPUTS = {"01_data_prep": "data", "02_noisy_training": "train", "03_qlora_variant": "qlora",
+                 "04_evaluation": "eval", "05_overfitting_and_length": "analysis", "06_report": "report"}
+
+
+class PipelineError(RuntimeError):
+    """A notebook failed: names the notebook, the cell and the error, and where the executed copy is."""
+
+
+def check_parameters(notebook: Path, parameters: dict[str, Any]) -> None:
+    """Refuse parameters the notebook's `parameters` cell does not declare (papermill would only warn)."""
+    import papermill as pm
+
+    declared = pm.inspect_notebook(str(notebook))
+    if not declared:
+        raise PipelineError(f"{notebook.name} has no cell tagged 'parameters'")
+    unknown = sorted(set(parameters) - set(declared))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown} for {notebook.name}; it takes {', '.join(declared)}")
+
+
+def executed_completely(nb_path: Path) -> bool:
+    """Papermill stamps end_time once a notebook has run to its end; a copy cut short by a kill has none."""
+    try:
+        meta = json.loads(nb_path.read_text(encoding="utf-8"))["metadata"]["papermill"]
+    except (OSError, ValueError, KeyError, TypeError):  # missing, or half-written when the run was killed
+        return False
+    return bool(meta.get("end_time")) and not meta.get("exception")
+
+
+def _failure(nb_path: Path, name: str, err: Exception) -> PipelineError:
+    cell = getattr(err, "exec_count", None) or "?"
+    ename, evalue = getattr(err, "ename", type(err).__name__), getattr(err, "evalue", str(err))
+    return PipelineError(f"notebook {name} failed in cell [{cell}]: {ename}: {evalue} "
+                         f"(executed copy with the error kept at {nb_path})")
+
+
+def run_pipeline(profile: str, run: str = "", *, seed: int | None = None, alpha: float | None = None,
+                 force: bool = False, only: list[str] | None = None, progress: bool = True) -> Path:
+    """Execute the notebooks for a profile; stages with complete outputs are skipped unless `force`."""
+    import papermill as pm
+
+    # Fail fast on bad input; --grad-accum / --model given to an earlier `neftlib train` of this run are kept.
+    cfg = run_config(profile, run, seed=seed, alpha=alpha)
+    print(data_notice(), flush=True)  # raises before anything moves when NEFTLIB_DATA_DIR is not a folder
+    folder = run_dir(cfg.run_name)
+    if not force:
+        check_same_config(cfg)
+    if force and only:
+        raise ValueError("--force moves the whole earlier run aside, so it cannot go with --only; "
+                         "use --force alone, or --run NEW_NAME for a fresh run")
+    if force and folder.exists():
+        # Forcing keeps the earlier run: it is moved aside, never deleted.
+        kept = folder.with_name(f"{folder.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+        folder.rename(kept)
+        print(f"earlier run moved to {kept}")
+    names = list(NOTEBOOKS)
+    if only:
+        unknown = [n for n in only if not any(nb.startswith(n) for nb in NOTEBOOKS)]
+        if unknown:
+            raise ValueError(f"unknown notebook(s) {unknown}; choose from {', '.join(NOTEBOOKS)}")
+        names = [nb for nb in NOTEBOOKS if any(nb.startswith(n) for n in only)]
+    params = {"PROFILE": profile, "RUN": run, "SEED": seed, "ALPHA": alpha}
+    executed = folder / "notebooks"
+    for i, name in enumerate(names, 1):
+        source = NOTEBOOKS_DIR / f"{name}.ipynb"
+        target = executed / f"{name}.ipynb"
+        # Both: a stage's outputs can be complete while its later cells (figures) never ran.
+        if is_done(folder / STAGE_OUTPUTS[name]) and executed_completely(target):
+            print(f"[{i}/{len(names)}] {name}: outputs complete, skipped (use --force to rerun)")
+            continue
+        check_parameters(source, params)
+        executed.mkdir(parents=True, exist_ok=True)
+        print(f"[{i}/{len(names)}] {name} ...", flush=True)
+        t0 = time.perf_counter()
+        try:
+            # The kernel's own output (tqdm bars of training, generation, judging) streams to the terminal.
+            stream = {"stdout_file": sys.stdout, "stderr_file": sys.stderr} if progress else {}
+            pm.execute_notebook(str(source), str(target), parameters=params, kernel_name="python3",
+                                progress_bar=False, cwd=str(NOTEBOOKS_DIR), **stream)
+        except pm.PapermillExecutionError as err:
+            raise _failure(target, name, err) from None
+        print(f"[{i}/{len(names)}] {name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
+    return folder
