@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from neftlib.base.paths import run_dir
-from neftlib.evaluation.textstats import LOG_DIVERSITY_CAP, log_diversity_release_values, whitespace_tokens
+from neftlib.evaluation.textstats import LOG_DIVERSITY_CAP, bleu, log_diversity_release_values, whitespace_tokens
 
 HELD, NOT_HELD, NOISE, PARTLY, NOT_MEASURED = "held", "not held", "within noise", "partly held", "not measured here"
 DIVERSITY_MARGIN = 0.10  # "unchanged" log-diversity: the difference's interval within +-10% of the baseline's value
@@ -336,7 +336,6 @@ class RunEvidence:
                             lambda lo, hi: difference_verdict(lo, hi, expect))
 
     def overlap(self, claim: str, stage: str, pair: tuple, metric: str) -> dict:
-        from neftlib.evaluation.textstats import bleu
         part = f"{metric} of answers to training prompts vs training responses"
         texts = [self._texts(stage, a, "train_prompt_outputs") for a in pair] if None not in pair else [None]
         refs = _json(self.folder / "data" / "train_rows.json")

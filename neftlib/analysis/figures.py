@@ -16,6 +16,7 @@ from neftlib.analysis.claims import arm_table, paired_bootstrap, pick_roles, rea
 from neftlib.base.io import read_json  # noqa: E402
 from neftlib.analysis.paper import FIGURE1, cell  # noqa: E402
 from neftlib.analysis.paper_rows import T4  # noqa: E402
+from neftlib.analysis.sweep import METRICS  # noqa: E402
 from neftlib.base.paths import figures_dir, run_dir  # noqa: E402
 from neftlib.evaluation.textstats import bleu  # noqa: E402
 
@@ -315,11 +316,19 @@ def gaussian_ablation(run: str, n_boot: int = 2000):
     return fig
 
 
-def _alpha_sweep(run: str):
-    # Imported here: the sweep module pulls in the training stages, which plain figure users do not need.
-    from neftlib.analysis.sweep import sweep_figure
-
-    return sweep_figure(run)
+def sweep_figure(run: str):
+    """Every metric against alpha: each training seed a point, the mean over seeds a line (one panel per metric)."""
+    metrics = pd.read_csv(run_dir(run) / "analysis" / "arm_metrics.csv")
+    metrics = metrics[metrics["distribution"] == "uniform"]
+    present = [m for m in METRICS if m in metrics and metrics[m].notna().any()]
+    long = metrics.melt(id_vars=["stage", "alpha", "seed"], value_vars=present, var_name="metric")
+    grid = sns.relplot(long, x="alpha", y="value", col="metric", hue="stage", kind="line", marker="o",
+                       errorbar=None, col_wrap=4, height=2.4, facet_kws={"sharey": False})
+    grid.map_dataframe(sns.stripplot, x="alpha", y="value", native_scale=True, color="k", size=3, alpha=0.6)
+    model = metrics["model"].iloc[0] if "model" in metrics else ""
+    grid.figure.suptitle(f"NEFTune alpha sweep ({model}, run {run}): seeds as points, mean as line", y=1.02)
+    _save(grid.figure, run, "alpha_sweep")
+    return grid.figure
 
 
 def rebuild_all(run: str) -> dict[str, str]:
@@ -336,7 +345,7 @@ def rebuild_all(run: str) -> dict[str, str]:
         "rouge_bleu": lambda: rouge_bleu(run), "length_diversity": lambda: lengths(run),
         "length_diversity_table": lambda: length_diversity_table(run),
         "gaussian_ablation": lambda: gaussian_ablation(run),
-        "alpha_sweep": lambda: _alpha_sweep(run),
+        "alpha_sweep": lambda: sweep_figure(run),
     }
     made = {}
     for name, draw in jobs.items():

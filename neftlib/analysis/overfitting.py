@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
+from tqdm.auto import tqdm
 
 from neftlib.analysis.claims import log_diversity_of, ngram_counts, paired_bootstrap, release_values
 from neftlib.base.config import RunConfig, stage_config
+from neftlib.base.run import load_prepared, stage_dir, trained_arms
+from neftlib.data.batching import collate
 from neftlib.data.prepare import IGNORE_INDEX
 from neftlib.evaluation.stage import arm_outputs
 from neftlib.base.io import is_done, mark_done, read_json, write_csv
 from neftlib.training.models import load_tokenizer
 from neftlib.base.paths import data_dir
-from neftlib.pipeline.stages import load_prepared, stage_dir, trained_arms
 from neftlib.evaluation.textstats import analyze_files, bleu, length_diversity_table, load_model_outputs, rouge_l
 from neftlib.evaluation.winrate import bootstrap_ci, load_annotations, summarize_preferences, win_values
+from neftlib.analysis.run_variance import run_components
+from neftlib.training.train import load_trained
 
 # The paper's before/after answers as published on the AlpacaEval leaderboard (NEFTLIB_DATA_DIR/alpaca_eval/).
 # `cutoff`: whitespace tokens per answer for repetition / diversity, as the paper cuts by training set
@@ -111,10 +116,6 @@ def example_losses(model, examples: list[dict], pad_id: int, batch_size: int = 8
 
     The token-weighted mean of these is `batching.mean_loss` of the same examples.
     """
-    import torch
-
-    from neftlib.data.batching import collate
-
     model.eval()
     device = next(model.parameters()).device
     out: list[tuple[float, int]] = []
@@ -136,10 +137,6 @@ def example_losses_table(cfg: RunConfig, progress: bool = True, stages: tuple[st
     """Per-example loss without noise of every trained arm of `stages` on the training subset whose loss
     train.py measures (first `loss_subset` rows), the held-out rows and the other set: the paper's Figure 4
     (full fine-tuning; the QLoRA arms are left out by default, as a 4-bit forward pass is slow on CPU)."""
-    from tqdm.auto import tqdm
-
-    from neftlib.training.train import load_trained
-
     sets = {"train": load_prepared(cfg, "train")[: cfg.loss_subset], "heldout": load_prepared(cfg, "heldout"),
             "other": load_prepared(cfg, "other")}
     pad_id = load_tokenizer(cfg.model).pad_token_id
@@ -156,8 +153,7 @@ def example_losses_table(cfg: RunConfig, progress: bool = True, stages: tuple[st
 
 
 def _variance_components(cfg: RunConfig) -> pd.DataFrame:
-    from neftlib.analysis.run_variance import run_components  # reads the tables written just before it
-
+    # reads the tables analyze_run wrote just before it
     return run_components(cfg.run_name).assign(run=cfg.run_name)
 
 

@@ -13,6 +13,7 @@ from neftlib.analysis.claims import CLAIMS, FORMULA_PART, NOT_MEASURED
 from neftlib.analysis.detectable import seed_changes
 from neftlib.analysis.paper import JUDGES, STATEMENTS, judge_scale, paper_dataset, table_judge
 from neftlib.analysis.paper_rows import OPENLLM_TASKS, T1, T2, T3, T6, T14, paper_rows
+from neftlib.analysis.sweep import effect_verdict
 
 _FIGURES = {"loss": "Figure 4", "overlap": "Figure 5"}
 # the table each claim (or ablation) is tested against, and its key in paper_tables.json
@@ -94,8 +95,6 @@ class _Ours:
                      "ours_after": base + frame["change"].mean(), "ours_difference": frame["change"].mean(),
                      "ours_interval": f"per-seed changes {', '.join(f'{c:+.4g}' for c in frame['change'])}"}
             if effects is not None and "metric" in effects:
-                from neftlib.analysis.sweep import effect_verdict  # the sweep module pulls in the training stages
-
                 match = effects[(effects["stage"] == stage) & (effects["metric"] == column)
                                 & (effects["distribution"] == "uniform") & (effects["alpha"] == alpha)]
                 if len(match):

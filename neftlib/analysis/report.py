@@ -17,6 +17,7 @@ from neftlib.analysis.detectable import add_detectable_effects, detectable_text
 from neftlib.base.io import mark_done, write_csv
 from neftlib.analysis.paper import PAPER, STATEMENTS
 from neftlib.analysis.paper_compare import headline, paper_vs_ours
+from neftlib.analysis.sweep import sweep_conclusion
 from neftlib.base.paths import run_dir
 
 REPORT_TABLES = ("paper_vs_ours", "claims", "claim_evidence", "arms")
@@ -166,8 +167,6 @@ def build_report(run: str, roles: dict[str, dict] | None = None, n_boot: int = 2
         write_csv(out / f"{name}.csv", tables[name].astype(object).where(tables[name].notna(), None).to_dict("records"))
     summary = summary_markdown(tables["claims"], ev.info)
     if effects is not None:
-        from neftlib.analysis.sweep import sweep_conclusion  # the sweep module pulls in the training stages
-
         conclusion = sweep_conclusion(effects)
         summary += f"\n\n{conclusion}" if conclusion else ""
     tmp = out / ".summary.md.tmp"

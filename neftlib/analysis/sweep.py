@@ -8,8 +8,8 @@ import pandas as pd
 from neftlib.base.config import RunConfig
 from neftlib.analysis.detectable import seed_changes
 from neftlib.base.io import read_json, write_csv
+from neftlib.base.run import stage_dir, trained_arms
 from neftlib.analysis.power import Design, detectable_effect, seed_change_variance
-from neftlib.pipeline.stages import stage_dir, trained_arms
 
 # metric column -> what the paper predicts NEFTune does to it (+1 up, -1 down, 0 unchanged)
 METRICS = {
@@ -152,22 +152,3 @@ def sweep_tables(cfg: RunConfig) -> dict[str, pd.DataFrame]:
     write_csv(out / "alpha_effects.csv", effects.to_dict("records"))
     return {"arm_metrics": metrics, "alpha_effects": effects}
 
-
-def sweep_figure(run: str):
-    """Every metric against alpha: each training seed a point, the mean over seeds a line (one panel per metric)."""
-    import seaborn as sns
-
-    from neftlib.analysis.figures import _save
-    from neftlib.base.paths import run_dir
-
-    metrics = pd.read_csv(run_dir(run) / "analysis" / "arm_metrics.csv")
-    metrics = metrics[metrics["distribution"] == "uniform"]
-    present = [m for m in METRICS if m in metrics and metrics[m].notna().any()]
-    long = metrics.melt(id_vars=["stage", "alpha", "seed"], value_vars=present, var_name="metric")
-    grid = sns.relplot(long, x="alpha", y="value", col="metric", hue="stage", kind="line", marker="o",
-                       errorbar=None, col_wrap=4, height=2.4, facet_kws={"sharey": False})
-    grid.map_dataframe(sns.stripplot, x="alpha", y="value", native_scale=True, color="k", size=3, alpha=0.6)
-    model = metrics["model"].iloc[0] if "model" in metrics else ""
-    grid.figure.suptitle(f"NEFTune alpha sweep ({model}, run {run}): seeds as points, mean as line", y=1.02)
-    _save(grid.figure, run, "alpha_sweep")
-    return grid.figure

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from neftlib.base.io import write_json
+from neftlib.base.profiles import PROFILES, QLORA
+
 METHODS = ("full", "lora", "qlora")
 DISTRIBUTIONS = ("uniform", "gaussian")
 SCALINGS = ("per_example", "padded")
@@ -16,6 +19,30 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 PROMPT_FORMATS = ("alpaca", "vicuna", "chat")
 JUDGES = ("local", "openai", "none")
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+# The Open LLM Leaderboard v1 settings (its archived "About" page, Hugging Face docs,
+# leaderboards/open_llm_leaderboard/archive): ARC-Challenge 25-shot, HellaSwag 10-shot, MMLU 5-shot,
+# TruthfulQA 0-shot; the four tasks of the NEFTune paper's OpenLLM table.
+OPENLLM_V1: tuple[tuple[str, int], ...] = (("arc_challenge", 25), ("hellaswag", 10), ("mmlu", 5), ("truthfulqa_mc2", 0))
+TASK_SETS = {"openllm-v1": OPENLLM_V1}
+
+
+def parse_tasks(spec: str) -> tuple[tuple[str, int], ...]:
+    """`openllm_tasks` as (task, num_fewshot) pairs: '' (skip), a set name ('openllm-v1'), or
+    'task:shots,task:shots'. A task may be a path to a local lm-eval YAML whose file name is its task name."""
+    spec = spec.strip()
+    if not spec:
+        return ()
+    if spec in TASK_SETS:
+        return TASK_SETS[spec]
+    pairs = []
+    for item in spec.split(","):
+        task, sep, shots = item.strip().rpartition(":")
+        if not sep or not task or not shots.strip().isdigit():
+            raise ValueError(f"openllm_tasks: {item.strip()!r} is not 'task:shots' "
+                             f"(e.g. 'arc_challenge:25'); or use one of the sets {', '.join(TASK_SETS)}")
+        pairs.append((task.strip(), int(shots)))
+    return tuple(pairs)
 
 
 @dataclass(frozen=True)
@@ -62,7 +89,7 @@ class RunConfig:
     # --- NEFTune ---
     alpha: float = 5.0  # noise alpha of the NEFTune arm (paper: 5 for 7B, 15 for 70B)
     noise_scaling: str = "per_example"  # "per_example" (paper code) or "padded" (transformers)
-    arms: tuple[str, ...] = ("baseline", "neftune", "gaussian")  # arms trained by 02 (03 uses qlora_arms); sweep arms: sweep_arms()
+    arms: tuple[str, ...] = ("baseline", "neftune", "gaussian")  # arms trained by 02 (03 uses qlora_arms); sweep arms: profiles.sweep_arms()
     qlora_arms: tuple[str, ...] = ("baseline", "neftune")  # arms trained by 03
     # --- bookkeeping ---
     save_every: int = 50  # optimizer steps between atomic checkpoints
@@ -85,8 +112,6 @@ class RunConfig:
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("prompt_format", self.prompt_format, PROMPT_FORMATS)
         _check_choice("judge", self.judge, JUDGES)
-        from neftlib.evaluation.openllm import parse_tasks
-
         parse_tasks(self.openllm_tasks)  # a malformed task list fails here, not after training
         if not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha) or self.alpha < 0:
             raise ValueError(f"alpha must be a finite number >= 0 (the paper uses 5 to 15), got {self.alpha!r}")
@@ -133,8 +158,6 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: Path) -> None:
-        from neftlib.base.io import write_json
-
         write_json(path, self.to_dict())
 
 
@@ -162,12 +185,6 @@ ARMS = {
 _SWEEP_ARM = re.compile(r"^(alpha|gauss)(\d+(?:\.\d+)?)-seed(\d+)$")
 
 
-def sweep_arms(alphas: tuple[float, ...], seeds: tuple[int, ...], distribution: str = "uniform") -> tuple[str, ...]:
-    """Arm names of an alpha x seed sweep; alpha 0 is that seed's baseline."""
-    prefix = {"uniform": "alpha", "gaussian": "gauss"}[distribution]
-    return tuple(f"{prefix}{a:g}-seed{s}" for a in alphas for s in seeds)
-
-
 def parse_arm(name: str, cfg: RunConfig) -> ArmConfig:
     """The noise of an arm, from its name; a ValueError listing the valid names otherwise."""
     if name in ARMS:
@@ -189,8 +206,6 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
 
 def load_config(profile: str, **overrides: Any) -> RunConfig:
     """The config of a named profile, with field overrides (e.g. from papermill parameters)."""
-    from neftlib.base.profiles import PROFILES
-
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
     fields = {f.name for f in dataclasses.fields(RunConfig)}
@@ -206,8 +221,6 @@ def load_config(profile: str, **overrides: Any) -> RunConfig:
 
 def qlora_config(cfg: RunConfig) -> RunConfig:
     """The 03 stage's config: the same run with the profile's QLoRA overrides."""
-    from neftlib.base.profiles import QLORA
-
     return dataclasses.replace(cfg, **QLORA.get(cfg.profile, QLORA["default"]))
 
 

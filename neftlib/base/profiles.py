@@ -3,7 +3,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from neftlib.base.config import sweep_arms
+
+def sweep_arms(alphas: tuple[float, ...], seeds: tuple[int, ...], distribution: str = "uniform") -> tuple[str, ...]:
+    """Arm names of an alpha x seed sweep; alpha 0 is that seed's baseline (config.parse_arm reads them back)."""
+    prefix = {"uniform": "alpha", "gaussian": "gauss"}[distribution]
+    return tuple(f"{prefix}{a:g}-seed{s}" for a in alphas for s in seeds)
+
 
 # The paper's alpha range (5 to 15) plus the baseline, each with two training seeds: at small scale the
 # data order alone moves the metrics, so an effect counts only beyond the spread between seeds.

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from neftlib.data import sources
 from neftlib.base.io import read_json, read_jsonl
 from neftlib.base.paths import MINI_EVAL, MINI_TRAIN, data_dir
@@ -54,8 +56,6 @@ def _read_rows(path: Path) -> list[dict]:
     if suffix == ".jsonl":
         return read_jsonl(path)
     if suffix == ".parquet":
-        import pandas as pd
-
         # Nested columns (ShareGPT turns) come back as numpy arrays; JSON-shaped Python objects are wanted.
         return [_plain(row) for row in pd.read_parquet(path).to_dict("records")]
     rows = read_json(path)

@@ -21,7 +21,10 @@ from typing import Any
 
 import pandas as pd
 
+from neftlib.base.config import config_from_json
 from neftlib.base.io import read_json, write_csv, write_json
+from neftlib.base.paths import run_dir
+from neftlib.base.run import stage_dir
 
 # AlpacaEval 1's GPT-4 judge: the one whose win rates against Text-Davinci-003 the NEFTune paper reports.
 ANNOTATOR = "alpaca_eval_gpt4"
@@ -84,8 +87,6 @@ def official_alpaca_eval(model_outputs: Path, reference_outputs: list[dict], out
 
 def alpaca_eval_run(cfg) -> pd.DataFrame:
     """The official evaluation of every arm stage 04 answered -> results/<run>/eval/alpaca_eval_gpt4.csv."""
-    from neftlib.pipeline.stages import stage_dir
-
     check_ready()
     folder = stage_dir(cfg, "eval")
     reference = read_json(stage_dir(cfg, "data") / "eval.json")  # the run's prompts with the reference answers
@@ -107,9 +108,6 @@ def alpaca_eval_run(cfg) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from neftlib.base.config import config_from_json
-    from neftlib.base.paths import run_dir
-
     parser = argparse.ArgumentParser(prog="python -m neftlib.evaluation.judge_alpaca_eval",
                                      description="official alpaca_eval (GPT-4) win rates of a run's arms")
     parser.add_argument("run", help="results/<run>/ folder name")

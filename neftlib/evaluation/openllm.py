@@ -8,41 +8,22 @@ one per (arm, task). lm-eval is imported only when a run asks for tasks: `pip in
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
-if TYPE_CHECKING:
-    from neftlib.base.config import RunConfig
+from neftlib.base.config import RunConfig, parse_tasks, stage_config
+from neftlib.base.io import read_json, write_csv, write_json
+from neftlib.base.run import stage_dir, trained_arms
+from neftlib.training.models import load_tokenizer
+from neftlib.training.train import load_trained
 
-# The Open LLM Leaderboard v1 settings (its archived "About" page, Hugging Face docs,
-# leaderboards/open_llm_leaderboard/archive): ARC-Challenge 25-shot, HellaSwag 10-shot, MMLU 5-shot,
-# TruthfulQA 0-shot; the four tasks of the NEFTune paper's OpenLLM table.
-OPENLLM_V1: tuple[tuple[str, int], ...] = (("arc_challenge", 25), ("hellaswag", 10), ("mmlu", 5), ("truthfulqa_mc2", 0))
-TASK_SETS = {"openllm-v1": OPENLLM_V1}
+
 # The leaderboard's metric per task: normalised accuracy for ARC and HellaSwag, accuracy for MMLU,
 # mc2 for TruthfulQA (lm-eval's truthfulqa_mc2 calls its mc2 score "acc"); acc for any other task.
 # lm-eval's `mmlu` group weights subjects by size; the leaderboard averaged the 57 subjects.
 METRICS = {"arc_challenge": "acc_norm", "hellaswag": "acc_norm"}
 INSTALL = "pip install lm-eval==0.4.13"
-
-
-def parse_tasks(spec: str) -> tuple[tuple[str, int], ...]:
-    """`openllm_tasks` as (task, num_fewshot) pairs: '' (skip), a set name ('openllm-v1'), or
-    'task:shots,task:shots'. A task may be a path to a local lm-eval YAML whose file name is its task name."""
-    spec = spec.strip()
-    if not spec:
-        return ()
-    if spec in TASK_SETS:
-        return TASK_SETS[spec]
-    pairs = []
-    for item in spec.split(","):
-        task, sep, shots = item.strip().rpartition(":")
-        if not sep or not task or not shots.strip().isdigit():
-            raise ValueError(f"openllm_tasks: {item.strip()!r} is not 'task:shots' "
-                             f"(e.g. 'arc_challenge:25'); or use one of the sets {', '.join(TASK_SETS)}")
-        pairs.append((task.strip(), int(shots)))
-    return tuple(pairs)
 
 
 def _lm_eval():
@@ -101,17 +82,11 @@ def _n_docs(out: dict, name: str) -> int | None:
     return sum(found) if found else None
 
 
-def openllm_table(cfg: "RunConfig") -> pd.DataFrame:
+def openllm_table(cfg: RunConfig) -> pd.DataFrame:
     """`cfg.openllm_tasks` for every trained arm -> results/<run>/eval/openllm.csv (empty: skipped).
 
     Each arm's scores are saved as eval/<stage>-<arm>/openllm.json as soon as they exist, so an
     interrupted run scores only the arms still missing."""
-    from neftlib.base.config import stage_config
-    from neftlib.base.io import read_json, write_csv, write_json
-    from neftlib.training.models import load_tokenizer
-    from neftlib.pipeline.stages import stage_dir, trained_arms
-    from neftlib.training.train import load_trained
-
     tasks = parse_tasks(cfg.openllm_tasks)
     if not tasks:
         return pd.DataFrame()

@@ -6,20 +6,23 @@ from pathlib import Path
 import pandas as pd
 
 from neftlib.base.config import RunConfig, stage_config
+from neftlib.base.paths import data_dir
+from neftlib.base.run import stage_dir, trained_arms
+from neftlib.evaluation.agreement import judge_agreement, published_pairs
 from neftlib.evaluation.generate import cap_record, eval_prompts, generate_with_lengths, model_outputs
 from neftlib.base.io import is_done, mark_done, read_json, write_csv, write_json
 from neftlib.evaluation.judge import LocalJudge, annotations
+from neftlib.evaluation.judge_api import OpenAIJudge
+from neftlib.evaluation.openllm import openllm_table
 from neftlib.training.models import free_memory, load_base, load_tokenizer, on_best_device
-from neftlib.pipeline.stages import stage_dir, trained_arms
 from neftlib.evaluation.winrate import bootstrap_ci, length_controlled_win_rate, summarize_preferences, win_values
+from neftlib.training.train import load_trained
 
 
 def arm_outputs(cfg: RunConfig, stage: str, arm: str, folder: Path, rows: list[dict], tok, *,
                 name: str = "model_outputs", progress: bool = True) -> list[dict]:
     """Generate (or reuse) an arm's answers to `rows`, saved as <eval>/<stage>-<arm>/<name>.json, with the
     tokens per answer and which ones the cap cut in <name>_lengths.json (alpaca_eval's format has no room)."""
-    from neftlib.training.train import load_trained
-
     out = stage_dir(cfg, "eval") / f"{stage}-{arm}" / f"{name}.json"
     if out.exists():
         return read_json(out)
@@ -40,8 +43,6 @@ def arm_outputs(cfg: RunConfig, stage: str, arm: str, folder: Path, rows: list[d
 def make_judge(cfg: RunConfig):
     """The configured pairwise judge: a local transformers model, or an OpenAI-compatible endpoint."""
     if cfg.judge == "openai":
-        from neftlib.evaluation.judge_api import OpenAIJudge
-
         return OpenAIJudge(model=cfg.judge_model or None)
     name = cfg.judge_model or cfg.model
     model = on_best_device(load_base(name, precision=cfg.precision))
@@ -50,9 +51,6 @@ def make_judge(cfg: RunConfig):
 
 def measure_agreement(cfg: RunConfig, judge, progress: bool = True) -> dict:
     """The judge's agreement with GPT-4 on published judged pairs (empty when there are none to use)."""
-    from neftlib.evaluation.agreement import judge_agreement, published_pairs
-    from neftlib.base.paths import data_dir
-
     out = stage_dir(cfg, "eval") / "judge_agreement.json"
     if out.exists():
         return read_json(out)
@@ -107,8 +105,6 @@ def evaluate(cfg: RunConfig, progress: bool = True) -> pd.DataFrame:
                       "judge_agreement": agreement.get("agreement"), "agreement_n": agreement.get("n", 0)})
     write_csv(out / "winrates.csv", table)
     if cfg.openllm_tasks:  # ARC / HellaSwag / MMLU / TruthfulQA per arm -> eval/openllm.csv
-        from neftlib.evaluation.openllm import openllm_table
-
         openllm_table(cfg)
     mark_done(out)
     return pd.DataFrame(table)

@@ -20,6 +20,7 @@ from neftlib.base.config import RunConfig, qlora_config
 from neftlib.evaluation.generate import eval_prompts, generate_answers
 from neftlib.base.io import mark_done, read_json, write_csv, write_json
 from neftlib.training.models import load_base, load_tokenizer, on_best_device
+from neftlib.training.train import load_trained
 
 # AlpacaEval-style instructions written for this demo; none is in the training data.
 PROMPTS = (
@@ -82,8 +83,6 @@ def answer(cfg: RunConfig, state: str, max_new_tokens: int = 256) -> dict[str, A
     'after' is the base with the trained NEFTune adapters. Kept in answers_<state>.json, which a
     rerun reads instead of generating again.
     """
-    from neftlib.training.train import load_trained
-
     if state not in ("before", "after"):
         raise ValueError(f"state={state!r} is not one of before, after")
     out = _folder(cfg) / f"answers_{state}.json"

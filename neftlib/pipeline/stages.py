@@ -13,15 +13,11 @@ import pandas as pd
 
 from neftlib.base.config import RunConfig, config_from_json, load_config, stage_config
 from neftlib.data.prepare import load_eval_set, load_instructions, resolve_train_source, tokenize_rows
-from neftlib.base.io import environment, is_done, mark_done, read_json, read_jsonl, write_csv, write_json, write_jsonl
+from neftlib.base.io import environment, is_done, mark_done, read_json, write_csv, write_json, write_jsonl
 from neftlib.training.models import load_tokenizer
 from neftlib.base.paths import MINI_TRAIN, run_dir
-
-
-def _process_state():
-    from neftlib.training.train import process_state
-
-    return process_state()
+from neftlib.base.run import load_prepared, stage_dir, trained_arms  # noqa: F401 (also read as stages.X by the CLI, demo, tests)
+from neftlib.training.train import process_state, train
 
 
 # Fields that `python -m neftlib train` sets from its command line (--grad-accum, --model) and the
@@ -51,7 +47,7 @@ def start_run(profile: str, run: str = "", seed: int | None = None, alpha: float
     if not force:
         # Every rank checks: they read the same file, so they refuse together (none is left at a barrier).
         check_same_config(cfg)
-    state = _process_state()
+    state = process_state()
     if state.is_main_process:
         folder = run_dir(cfg.run_name)
         folder.mkdir(parents=True, exist_ok=True)
@@ -76,16 +72,12 @@ def check_same_config(cfg: RunConfig) -> None:
         )
 
 
-def stage_dir(cfg: RunConfig, name: str) -> Path:
-    return run_dir(cfg.run_name) / name
-
-
 # ---------- 01: data ----------
 
 def prepare_data(cfg: RunConfig) -> dict[str, Any]:
     """Load, validate, split and tokenize the training data; pick the evaluation prompts."""
     # Under a launcher the main process prepares; the others then find the stage done and read its report.
-    with _process_state().main_process_first():
+    with process_state().main_process_first():
         return _prepare_data(cfg)
 
 
@@ -126,13 +118,6 @@ def _prepare_data(cfg: RunConfig) -> dict[str, Any]:
     return summary
 
 
-def load_prepared(cfg: RunConfig, name: str) -> list[dict]:
-    path = stage_dir(cfg, "data") / f"{name}.jsonl"
-    if not is_done(path.parent):
-        raise FileNotFoundError(f"{path.parent} is incomplete: run notebook 01_data_prep first")
-    return read_jsonl(path) if path.exists() else []
-
-
 # ---------- 02 / 03: training ----------
 
 def train_arms(cfg: RunConfig, stage: str = "train", arms: Sequence[str] | None = None) -> pd.DataFrame:
@@ -141,8 +126,6 @@ def train_arms(cfg: RunConfig, stage: str = "train", arms: Sequence[str] | None 
     `arms`: a subset of the stage's arms (default all). The stage's summary.csv lists every finished
     arm; its DONE marker is written once all of the stage's arms are done.
     """
-    from neftlib.training.train import train
-
     if stage not in ("train", "qlora"):
         raise ValueError(f"stage={stage!r} is not one of train, qlora")
     run_cfg, stage_arms = stage_config(cfg, stage)
@@ -150,7 +133,7 @@ def train_arms(cfg: RunConfig, stage: str = "train", arms: Sequence[str] | None 
     unknown = [a for a in chosen if a not in stage_arms]
     if unknown:
         raise ValueError(f"arm(s) {unknown} are not arms of the {stage!r} stage: choose from {', '.join(stage_arms)}")
-    state = _process_state()
+    state = process_state()
     examples = load_prepared(cfg, "train")
     subsets = {"train_nonoise": examples[: cfg.loss_subset], "heldout": load_prepared(cfg, "heldout")}
     other = load_prepared(cfg, "other")
@@ -176,14 +159,3 @@ def train_arms(cfg: RunConfig, stage: str = "train", arms: Sequence[str] | None 
             mark_done(out, arms=list(stage_arms))
     state.wait_for_everyone()
     return pd.DataFrame(summaries)
-
-
-def trained_arms(cfg: RunConfig) -> list[tuple[str, str, Path]]:
-    """(stage, arm, folder) of every finished arm, in training order."""
-    found = []
-    for stage in ("train", "qlora"):
-        for arm in stage_config(cfg, stage)[1]:
-            folder = stage_dir(cfg, stage) / arm
-            if is_done(folder):
-                found.append((stage, arm, folder))
-    return found

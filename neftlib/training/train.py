@@ -22,7 +22,7 @@ from neftlib.base.config import ArmConfig, RunConfig
 from neftlib.base.io import is_done, mark_done, publish_dir, read_json, write_csv, write_json
 from neftlib.training.memory import check_fits
 from neftlib.training.models import DTYPES, count_parameters, free_memory, load_base, load_model, on_best_device
-from neftlib.noise import noise_seed
+from neftlib.noise import NEFTuneCallback, noise_seed
 from neftlib.training.trainer import STAGING, NoisyTrainer, checked_checkpoint, checkpoints
 
 
@@ -132,8 +132,6 @@ def train(cfg: RunConfig, arm: ArmConfig, examples: list[dict], out_dir: Path, *
     the main process writes.
     """
     from transformers import set_seed
-
-    from neftlib.noise import NEFTuneCallback
 
     out_dir = Path(out_dir)
     # Rank 0's view decides: a rank that returned here while others train would leave them waiting.
