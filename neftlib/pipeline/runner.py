@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from traitlets.config import Config
+
 from neftlib.base.io import is_done
 from neftlib.base.paths import NOTEBOOKS_DIR, data_notice, run_dir
 from neftlib.pipeline.stages import check_same_config, run_config
@@ -15,6 +17,15 @@ NOTEBOOKS = ("01_data_prep", "02_noisy_training", "03_qlora_variant", "04_evalua
              "06_report")
 STAGE_OUTPUTS = {"01_data_prep": "data", "02_noisy_training": "train", "03_qlora_variant": "qlora",
                  "04_evaluation": "eval", "05_overfitting_and_length": "analysis", "06_report": "report"}
+
+
+# The kernel's messages travel encrypted (CurveZMQ keys from the kernel manager, as the kernelspec allows):
+# over plain TCP each kernel would print a warning that says nothing about the run.
+KERNEL_CONFIG = Config({"KernelManager": {"transport_encryption": "auto"}})
+# Notebook parameters beyond PROFILE / RUN / SEED / ALPHA, and the config field each one overrides (None: the
+# profile's value). Every numbered notebook declares them in its `parameters` cell.
+PARAMETER_FIELDS = {"TRAIN_EXAMPLES": "train_limit", "MAX_STEPS": "max_steps", "LEARNING_RATE": "learning_rate",
+                    "EVAL_PROMPTS": "eval_limit"}
 
 
 class PipelineError(RuntimeError):
@@ -50,12 +61,20 @@ def _failure(nb_path: Path, name: str, err: Exception) -> PipelineError:
 
 
 def run_pipeline(profile: str, run: str = "", *, seed: int | None = None, alpha: float | None = None,
-                 force: bool = False, only: list[str] | None = None, progress: bool = True) -> Path:
-    """Execute the notebooks for a profile; stages with complete outputs are skipped unless `force`."""
+                 force: bool = False, only: list[str] | None = None, progress: bool = True,
+                 parameters: dict[str, Any] | None = None) -> Path:
+    """Execute the notebooks for a profile; stages with complete outputs are skipped unless `force`.
+
+    `parameters`: more notebook parameters (PARAMETER_FIELDS, e.g. {"EVAL_PROMPTS": 10}), checked before
+    anything runs like the others."""
     import papermill as pm
 
+    extra = dict(parameters or {})
+    unknown = sorted(set(extra) - set(PARAMETER_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown}; the notebooks also take {', '.join(PARAMETER_FIELDS)}")
     # Fail fast on bad input; --grad-accum / --model given to an earlier `neftlib train` of this run are kept.
-    cfg = run_config(profile, run, seed=seed, alpha=alpha)
+    cfg = run_config(profile, run, seed=seed, alpha=alpha, **{PARAMETER_FIELDS[k]: v for k, v in extra.items()})
     print(data_notice(), flush=True)  # raises before anything moves when NEFTLIB_DATA_DIR is not a folder
     folder = run_dir(cfg.run_name)
     if not force:
@@ -74,7 +93,7 @@ def run_pipeline(profile: str, run: str = "", *, seed: int | None = None, alpha:
         if unknown:
             raise ValueError(f"unknown notebook(s) {unknown}; choose from {', '.join(NOTEBOOKS)}")
         names = [nb for nb in NOTEBOOKS if any(nb.startswith(n) for n in only)]
-    params = {"PROFILE": profile, "RUN": run, "SEED": seed, "ALPHA": alpha}
+    params = {"PROFILE": profile, "RUN": run, "SEED": seed, "ALPHA": alpha, **extra}
     executed = folder / "notebooks"
     for i, name in enumerate(names, 1):
         source = NOTEBOOKS_DIR / f"{name}.ipynb"
@@ -91,7 +110,7 @@ def run_pipeline(profile: str, run: str = "", *, seed: int | None = None, alpha:
             # The kernel's own output (tqdm bars of training, generation, judging) streams to the terminal.
             stream = {"stdout_file": sys.stdout, "stderr_file": sys.stderr} if progress else {}
             pm.execute_notebook(str(source), str(target), parameters=params, kernel_name="python3",
-                                progress_bar=False, cwd=str(NOTEBOOKS_DIR), **stream)
+                                progress_bar=False, cwd=str(NOTEBOOKS_DIR), config=KERNEL_CONFIG, **stream)
         except pm.PapermillExecutionError as err:
             raise _failure(target, name, err) from None
         print(f"[{i}/{len(names)}] {name}: done in {time.perf_counter() - t0:.0f} s", flush=True)

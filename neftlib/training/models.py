@@ -1,11 +1,14 @@
 """Models by name: the packaged SmolLM2 (offline), a tiny random LLaMA for tests, or any HF id/folder."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -194,11 +197,21 @@ def load_model(name: str, *, method: str = "full", precision: str = "fp32", lora
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
         targets = [t for t in lora_targets if t in present] or "all-linear"
-        model = get_peft_model(model, LoraConfig(
-            r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets,
-            task_type="CAUSAL_LM",
-        ))
+        with peft_quietly():
+            model = get_peft_model(model, LoraConfig(
+                r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets,
+                task_type="CAUSAL_LM",
+            ))
     return model
+
+
+@contextlib.contextmanager
+def peft_quietly() -> Iterator[None]:
+    """peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` whenever it wraps a model: a
+    FutureWarning for peft's authors, with nothing for a user to do, kept out of the notebooks' output."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def free_memory() -> None:

@@ -21,7 +21,8 @@ from neftlib.data.batching import PaddedCollator, flat_collator, mean_loss
 from neftlib.base.config import ArmConfig, RunConfig
 from neftlib.base.io import is_done, mark_done, publish_dir, read_json, write_csv, write_json
 from neftlib.training.memory import check_fits
-from neftlib.training.models import DTYPES, count_parameters, free_memory, load_base, load_model, on_best_device
+from neftlib.training.models import (DTYPES, count_parameters, free_memory, load_base, load_model, on_best_device,
+                                     peft_quietly)
 from neftlib.noise import NEFTuneCallback, noise_seed
 from neftlib.training.trainer import STAGING, NoisyTrainer, checked_checkpoint, checkpoints
 
@@ -238,5 +239,6 @@ def load_trained(cfg: RunConfig, out_dir: Path):
         from peft import PeftModel
 
         base = load_base(cfg.model, precision=cfg.precision, load_in_4bit=cfg.load_in_4bit)
-        model = PeftModel.from_pretrained(base, folder)
+        with peft_quietly():
+            model = PeftModel.from_pretrained(base, folder)
     return on_best_device(model).eval()
