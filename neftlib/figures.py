@@ -104,8 +104,10 @@ def win_rates(run: str, judge: str | None = None):
     sns.barplot(frame, x="stage_name", y="win_rate", hue="label", order=order, hue_order=hues, ax=ax)
     _interval_bars(ax, frame, "stage_name", "label", order, hues, "win_rate", "ci_low", "ci_high")
     ax.axhline(50, color="grey", lw=0.8, ls=":")
-    ax.set(xlabel="", ylabel="win rate (%), 95% bootstrap interval", ylim=(0, 100))
-    ax.set_title(f"Win rate vs Text-Davinci-003 on AlpacaEval prompts\n{_about(info)}\njudge: {info['judge']}",
+    ax.set(xlabel="", ylabel="win rate (%, discrete votes), 95% bootstrap interval", ylim=(0, 100))
+    clipped = int(frame["n_clipped"].fillna(0).sum()) if "n_clipped" in frame else 0
+    note = f"; {clipped} answers clipped to fit its context" if clipped else ""
+    ax.set_title(f"Win rate vs Text-Davinci-003 on AlpacaEval prompts\n{_about(info)}\njudge: {info['judge']}{note}",
                  fontsize=9)
     ax.legend(title="arm", fontsize=8)
     _save(fig, run, "win_rates")

@@ -42,12 +42,14 @@ def test_clear_error_names_the_package_and_the_key(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "alpaca_eval" else real(name, *a))
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("NEFTLIB_JUDGE_API_KEY", raising=False)
     with pytest.raises(RuntimeError, match=r"pip install alpaca-eval.*OPENAI_API_KEY"):
         jae.check_ready()
 
 
 def test_key_alone_missing(fake_alpaca_eval, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.delenv("NEFTLIB_JUDGE_API_KEY", raising=False)
     with pytest.raises(RuntimeError) as err:
         jae.check_ready()
     assert "OPENAI_API_KEY" in str(err.value) and "pip install" not in str(err.value)
