@@ -2,13 +2,15 @@
 win rate, counts that add up, and whole answers judged (clipped only where the judge's context cannot hold them)."""
 from __future__ import annotations
 
+import importlib.machinery
 import json
 import math
+import sys
+import types
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from neftlib.judge import Judgments, LocalJudge, annotations, context_length
 from neftlib.winrate import discrete_preference, summarize_annotations, summarize_preferences
@@ -83,23 +85,8 @@ def test_whole_answers_are_judged_and_clipped_only_past_the_context(tiny_judge):
     assert [r["preference"] for r in rows] == judged.discrete() and [r["preference_soft"] for r in rows] == judged.soft()
 
 
-def _fake_trained_arms(cfg, arms):
-    """Stand-ins for trained arms: the tiny model, its weights nudged differently per arm."""
-    from neftlib.io import mark_done
-    from neftlib.models import load_base
-    from neftlib.stages import stage_dir
-
-    for i, arm in enumerate(arms):
-        model = load_base("tiny-random")
-        with torch.no_grad():
-            gen = torch.Generator().manual_seed(i)
-            for p in model.parameters():
-                p.add_(0.05 * torch.randn(p.shape, generator=gen))
-        model.save_pretrained(stage_dir(cfg, "train") / arm / "model")
-        mark_done(stage_dir(cfg, "train") / arm)
-
-
-def test_winrates_carry_discrete_soft_and_clipped_counts_that_the_cli_reproduces(results, monkeypatch, capsys):
+def test_winrates_carry_discrete_soft_and_clipped_counts_that_the_cli_reproduces(results, monkeypatch, capsys,
+                                                                                 fake_arms):
     """Stage 04 on the smoke profile with a judge whose context is too short for some pairs."""
     import neftlib.judge
     from neftlib.__main__ import WINRATE_KEYS, main
@@ -109,9 +96,16 @@ def test_winrates_carry_discrete_soft_and_clipped_counts_that_the_cli_reproduces
     arms = ("baseline", "neftune")
     cfg = start_run("smoke", "judging", arms=arms, qlora_arms=(), length_arms=(), agreement_pairs=0)
     prepare_data(cfg)
-    _fake_trained_arms(cfg, arms)
+    fake_arms(cfg)
     monkeypatch.setattr(neftlib.judge, "context_length", lambda model, tok: 200)
+    # a key in the environment is no request to pay: the official GPT-4 judging stays off unless the profile asks
+    paid = types.ModuleType("alpaca_eval")
+    paid.__spec__ = importlib.machinery.ModuleSpec("alpaca_eval", None)
+    paid.evaluate = lambda **kw: pytest.fail("alpaca_eval called although official_judge is off")
+    monkeypatch.setitem(sys.modules, "alpaca_eval", paid)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-neftlib-test-not-a-key")
     wins = evaluate(cfg, progress=False).set_index("arm")
+    assert not any(c.startswith("alpaca_eval_gpt4") for c in wins.columns)
 
     for arm in arms:
         row = wins.loc[arm]
