@@ -68,15 +68,9 @@ class RunConfig:
     repetition_penalty: float = 1.2  # the paper's decoding
     judge: str = "local"  # "local" (a transformers model, from the log-probs of its two choices), "openai" (NEFTLIB_JUDGE_* endpoint, e.g. GPT-4) or "none" (answers only: no win rate)
     judge_model: str = ""  # judge model; empty means the run's base model (local) or NEFTLIB_JUDGE_MODEL (openai)
-    # Stage 04 also runs alpaca_eval's own judging ("alpaca_eval_gpt4": AlpacaEval 1's GPT-4 judge, as the paper) on
-    # every arm: paid API calls, so off ("") unless a profile asks. Needs `pip install alpaca-eval` and a key
-    # (OPENAI_API_KEY or NEFTLIB_JUDGE_API_KEY); arms judged before are read back, never paid for twice.
-    official_judge: str = ""
+    official_judge: str = ""  # "" (off: never paid for unasked) or "alpaca_eval_gpt4": 04 also hands every arm to alpaca_eval's GPT-4 judge, as the paper (paid; needs alpaca-eval and OPENAI_API_KEY or NEFTLIB_JUDGE_API_KEY; arms judged before are read back, never paid twice)
     agreement_pairs: int = 0  # published GPT-4-judged pairs per model on which the judge's agreement is measured (0 = skip)
-    # The paper's Table 5 at our scale: generation-time arms of the baseline model, no training. "prompt-long",
-    # "prompt-comprehensive", "prompt-long-comprehensive" append the paper's meta-prompt to the instruction;
-    # "min-new-tokens" blocks EOS until the paper's 250 of 1,024 tokens, scaled to gen_max_new_tokens (length_arms.py).
-    length_arms: tuple[str, ...] = ()
+    length_arms: tuple[str, ...] = ()  # the paper's Table 5: arms of the baseline model at generation time, no training: "prompt-long", "prompt-comprehensive", "prompt-long-comprehensive" (its meta-prompt after the instruction), "min-new-tokens" (EOS blocked until 250 of 1,024 tokens, scaled to gen_max_new_tokens); see length_arms.py
     overlap_limit: int = 16  # training prompts answered for ROUGE-L / BLEU (05)
     diversity_cutoff: int = 50  # whitespace tokens for the repetition / diversity table (paper: 50 for Alpaca)
     openllm_tasks: str = ""  # lm-eval tasks scored per arm in 04: "" skips, "openllm-v1" (ARC 25-shot, HellaSwag 10, MMLU 5, TruthfulQA 0), or "task:shots,..."

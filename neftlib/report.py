@@ -94,13 +94,15 @@ def published_evidence(run: str, n_boot: int = 2000, seed: int = 0) -> list[dict
 def _describe(r: pd.Series) -> str:
     if r["verdict"] == NOT_MEASURED:
         return f"{r['part']}: not measured ({r['note']})"
+    # a win rate from answers the judge saw clipped says so wherever it is shown
+    clipped = f" ({str(r['note']).split('; ')[-1]})" if "clipped to fit" in str(r["note"]) else ""
     if pd.notna(r["baseline_low"]):
         return (f"{r['part']}: {r['baseline']:.4g} [{r['baseline_low']:.4g}, {r['baseline_high']:.4g}] -> "
-                f"{r['treatment']:.4g} [{r['treatment_low']:.4g}, {r['treatment_high']:.4g}]: {r['verdict']}")
+                f"{r['treatment']:.4g} [{r['treatment_low']:.4g}, {r['treatment_high']:.4g}]: {r['verdict']}{clipped}")
     interval = f", 95% CI [{r['low']:.4g}, {r['high']:.4g}]" if pd.notna(r["low"]) else ""
     moved = f" ({str(r['note']).split('; diversity ')[1]})" if "; diversity " in str(r["note"]) else ""
     return (f"{r['part']}: {r['baseline']:.4g} -> {r['treatment']:.4g} "
-            f"(difference {r['difference']:+.4g}{interval}): {r['verdict']}{moved}")
+            f"(difference {r['difference']:+.4g}{interval}): {r['verdict']}{moved}{clipped}")
 
 
 def claims_table(evidence: pd.DataFrame, info: dict) -> pd.DataFrame:
@@ -131,7 +133,7 @@ def paper_vs_ours(evidence: pd.DataFrame, info: dict) -> pd.DataFrame:
     def ours(r: pd.Series) -> dict:
         return {**ours_side, "ours_arms": f"{r['stage']}: {r['baseline_arm']} -> {r['treatment_arm']}",
                 "ours_before": r["baseline"], "ours_after": r["treatment"], "ours_difference": r["difference"],
-                "ours_interval": _describe(r).split(": ", 1)[1], "ours_verdict": r["verdict"]}
+                "ours_interval": _describe(r).split(": ", 1)[1], "ours_verdict": r["verdict"], "ours_note": r["note"]}
 
     rows, matched = [], paper_dataset(info["train_data"])
     win = evidence[(evidence["claim_id"] == "win_rate_up") & (evidence["scope"] == "ours")].iloc[0]

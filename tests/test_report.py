@@ -145,7 +145,8 @@ def _make_run(root: Path, names: dict[str, str]) -> str:
                         "model": "tiny-random", "steps": 5, "examples": 40})
         rate, low, high = wins[role]
         table.append({"run": "fake", "stage": "train", "arm": arm, "judge": "local:tiny-random", "win_rate": rate,
-                      "ci_low": low, "ci_high": high, "judge_agreement": 0.6, "agreement_n": 40})
+                      "ci_low": low, "ci_high": high, "judge_agreement": 0.6, "agreement_n": 40,
+                      "n_clipped": 3 if role == "neftune" else 0})
         # per prompt: the model wins the first rate% of the 60 prompts (the same prompts for every arm)
         write_json(run / "eval" / f"train-{arm}" / "annotations.json",
                    [{"instruction": f"p{i}", "output_1": "ref", "output_2": "x", "preference": 2 if i < rate * 0.6 else 1}
@@ -192,6 +193,10 @@ def test_report_verdicts_from_results(tmp_path, monkeypatch, names):
     assert verdicts["openllm_flat"] == HELD  # eval/openllm.csv: (stage, arm, task, acc, stderr)
     assert tables["claims"].set_index("claim_id")["published_verdict"]["win_rate_up"] == NOT_MEASURED
     assert names["neftune"] in tables["claims"].set_index("claim_id")["arms"]["win_rate_up"]
+    # answers the judge saw clipped are named wherever the win rate is shown
+    assert "the judge saw 3 of these arms' answers clipped" in tables["claims"].set_index("claim_id")["measured"][
+        "win_rate_up"]
+    assert tables["arms"].set_index("arm")["n_clipped"][names["neftune"]] == 3
 
     folder = tmp_path / run / "report"
     assert {p.name for p in folder.iterdir()} >= {f"{t}.csv" for t in REPORT_TABLES} | {"summary.md", "DONE.json"}
@@ -229,3 +234,15 @@ def test_published_table_on_the_papers_answers(monkeypatch):
         assert row["ci_low"] < row["win_rate"] < row["ci_high"]
         assert row["avg_chars_low"] < row["avg_chars"] < row["avg_chars_high"]
     assert table.loc["alpaca-7b-neft", "avg_chars"] > 2 * table.loc["alpaca-7b", "avg_chars"]
+
+
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="needs the published AlpacaEval answers in ../shared/data")
+def test_published_win_rates_are_compared_paired(monkeypatch):
+    from neftlib.report import published_win_row
+
+    monkeypatch.setenv("NEFTLIB_DATA_DIR", str(REAL_DATA.parent))
+    row = published_win_row("win_rate_up", "alpaca", ("alpaca-7b", "alpaca-7b-neft"), n_boot=300)
+    # the 803 prompts GPT-4 judged for both models (Alpaca-7B-NEFT's file has two nulls)
+    assert row["note"].startswith("803 prompts") and row["verdict"] == HELD
+    assert row["baseline"] == pytest.approx(100 * (205 + 8) / 805, abs=0.3) and row["treatment"] > 60
+    assert 0 < row["low"] < row["difference"] < row["high"] and row["basis"].startswith("paired bootstrap")
