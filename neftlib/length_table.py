@@ -55,8 +55,10 @@ def length_only_table(run: str, cutoff: int, n_boot: int = 2000, seed: int = 0) 
     arms = [a for a in LENGTH_ARMS if (folder / f"{STAGE}-{a}" / "model_outputs.json").exists()]
     if not arms:
         raise FileNotFoundError(f"no {STAGE}-<arm>/model_outputs.json under {folder}: run 04 with length_arms first")
+    # the model the length arms prompted, as 04 recorded it; NEFTune: the run's uniform-noise arm (claims.pick_roles)
+    base = read_json(folder / f"{STAGE}-{arms[0]}" / "model_outputs_lengths.json")["base_arm"]
     roles = pick_roles(arm_table(run), "train", run_info(run)["alpha"])
-    labels = {"baseline": f"train-{roles['baseline']}", **{a: f"{STAGE}-{a}" for a in arms}}
+    labels = {"baseline": base, **{a: f"{STAGE}-{a}" for a in arms}}
     if roles["neftune"]:
         labels["neftune"] = f"train-{roles['neftune']}"
     data = {}
