@@ -99,14 +99,16 @@ def win_rates(run: str, judge: str | None = None):
     frame = frame.merge(
         _labelled_arms(run)[["stage", "arm", "label", "stage_name"]], how="left")
     frame["label"] = frame["label"].fillna(frame["arm"])
-    frame["stage_name"] = frame["stage_name"].fillna(frame["stage"])
+    frame["stage_name"] = frame["stage_name"].fillna(frame["stage"].replace({"length": "length-only (baseline model)"}))
     order, hues = _order(frame, "stage_name"), _order(frame, "label")
     fig, ax = plt.subplots(figsize=(max(6.5, 1.5 * len(frame)), 4))
     sns.barplot(frame, x="stage_name", y="win_rate", hue="label", order=order, hue_order=hues, ax=ax)
     _interval_bars(ax, frame, "stage_name", "label", order, hues, "win_rate", "ci_low", "ci_high")
     ax.axhline(50, color="grey", lw=0.8, ls=":")
-    ax.set(xlabel="", ylabel="win rate (%), 95% bootstrap interval", ylim=(0, 100))
-    ax.set_title(f"Win rate vs Text-Davinci-003 on AlpacaEval prompts\n{_about(info)}\njudge: {info['judge']}",
+    ax.set(xlabel="", ylabel="win rate (%, discrete votes), 95% bootstrap interval", ylim=(0, 100))
+    clipped = int(frame["n_clipped"].fillna(0).sum()) if "n_clipped" in frame else 0
+    note = f"; {clipped} answers clipped to fit its context" if clipped else ""
+    ax.set_title(f"Win rate vs Text-Davinci-003 on AlpacaEval prompts\n{_about(info)}\njudge: {info['judge']}{note}",
                  fontsize=9)
     ax.legend(title="arm", fontsize=8)
     _save(fig, run, "win_rates")
@@ -173,8 +175,8 @@ def figure1(run: str):
     else:
         b.text(0.5, 0.5, "published answers not available\n(NEFTLIB_DATA_DIR unset)", ha="center", va="center")
         b.set_axis_off()
-    ours = pd.read_csv(run_dir(run) / "eval" / "winrates.csv").merge(
-        _labelled_arms(run)[["stage", "arm", "label", "stage_name"]], how="left")
+    ours = pd.read_csv(run_dir(run) / "eval" / "winrates.csv").merge(  # trained arms only: the length arms are Table 5's
+        _labelled_arms(run)[["stage", "arm", "label", "stage_name"]], how="inner")
     order, hues = _order(ours, "stage_name"), _order(ours, "label")
     sns.barplot(ours, x="stage_name", y="win_rate", hue="label", order=order, hue_order=hues, ax=c)
     _interval_bars(c, ours, "stage_name", "label", order, hues, "win_rate", "ci_low", "ci_high")

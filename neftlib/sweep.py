@@ -41,7 +41,8 @@ def arm_metrics(cfg: RunConfig) -> pd.DataFrame:
             match = frame[key == label]
             if not match.empty:
                 row.update({k: v for k, v in match.iloc[0].items() if k in METRICS or k in (
-                    "ci_low", "ci_high", "judge_agreement", "n_kept", "cap_share", "avg_new_tokens")})
+                    "ci_low", "ci_high", "judge_agreement", "n_kept", "cap_share", "avg_new_tokens", "win_rate_soft",
+                    "n_clipped")})
         rows.append(row)
     return pd.DataFrame(rows)
 
