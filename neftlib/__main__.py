@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -73,18 +74,23 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace) -> None:
     """start_run + prepare_data + train_arms; every rank of a launch runs this, the main one reports."""
-    from neftlib.paths import data_notice
-    from neftlib.stages import prepare_data, stage_dir, start_run, train_arms
+    from neftlib.lock import run_lock
+    from neftlib.paths import data_notice, run_dir
+    from neftlib.stages import prepare_data, run_config, stage_dir, start_run, train_arms
     from neftlib.train import process_state
 
     notice = data_notice()  # raises before the run folder is made when NEFTLIB_DATA_DIR is not a folder
-    cfg = start_run(args.profile, args.run, seed=args.seed, alpha=args.alpha, grad_accum=args.grad_accum,
-                    model=args.model)
-    if process_state().is_main_process:
-        print(notice, flush=True)
-    prepare_data(cfg)
-    table = train_arms(cfg, args.stage, arms=args.arm)
-    if process_state().is_main_process:
+    main_rank = process_state().is_main_process
+    # The main rank holds the run folder's lock (the other ranks of a launch are its partners, not rivals).
+    folder = run_dir(run_config(args.profile, args.run, seed=args.seed, alpha=args.alpha).run_name)
+    with run_lock(folder) if main_rank else contextlib.nullcontext():
+        cfg = start_run(args.profile, args.run, seed=args.seed, alpha=args.alpha, grad_accum=args.grad_accum,
+                        model=args.model)
+        if main_rank:
+            print(notice, flush=True)
+        prepare_data(cfg)
+        table = train_arms(cfg, args.stage, arms=args.arm)
+    if main_rank:
         for row in table.to_dict("records"):
             # .get: arms finished by an earlier version have no world_size / effective_batch
             print(f"{args.stage}/{row['arm']}: final loss {row['final_loss']:.4f} after {row['steps']} steps, "

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from neftlib.io import is_done
+from neftlib.lock import LOCK_NAME, run_lock
 from neftlib.paths import NOTEBOOKS_DIR, data_notice, run_dir
 from neftlib.stages import check_same_config, run_config
 
@@ -52,28 +53,45 @@ def _failure(nb_path: Path, name: str, err: Exception) -> PipelineError:
 def run_pipeline(profile: str, run: str = "", *, seed: int | None = None, alpha: float | None = None,
                  force: bool = False, only: list[str] | None = None, progress: bool = True) -> Path:
     """Execute the notebooks for a profile; stages with complete outputs are skipped unless `force`."""
-    import papermill as pm
-
     # Fail fast on bad input; --grad-accum / --model given to an earlier `neftlib train` of this run are kept.
     cfg = run_config(profile, run, seed=seed, alpha=alpha)
     print(data_notice(), flush=True)  # raises before anything moves when NEFTLIB_DATA_DIR is not a folder
-    folder = run_dir(cfg.run_name)
-    if not force:
-        check_same_config(cfg)
     if force and only:
         raise ValueError("--force moves the whole earlier run aside, so it cannot go with --only; "
                          "use --force alone, or --run NEW_NAME for a fresh run")
-    if force and folder.exists():
-        # Forcing keeps the earlier run: it is moved aside, never deleted.
-        kept = folder.with_name(f"{folder.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-        folder.rename(kept)
-        print(f"earlier run moved to {kept}")
     names = list(NOTEBOOKS)
     if only:
         unknown = [n for n in only if not any(nb.startswith(n) for nb in NOTEBOOKS)]
         if unknown:
             raise ValueError(f"unknown notebook(s) {unknown}; choose from {', '.join(NOTEBOOKS)}")
         names = [nb for nb in NOTEBOOKS if any(nb.startswith(n) for n in only)]
+    folder = run_dir(cfg.run_name)
+    # One writer per run folder: a second `run` or `train` on it is refused while this one lives.
+    with run_lock(folder):
+        if not force:
+            check_same_config(cfg)
+        elif any(p.name != LOCK_NAME for p in folder.iterdir()):
+            kept = move_aside(folder)
+            print(f"earlier run moved to {kept}")
+        _execute(folder, names, profile, run, seed, alpha, progress)
+    return folder
+
+
+def move_aside(folder: Path) -> Path:
+    """Move an earlier run's contents (never deleted) to <run>.old-<time>/, keeping this process's lock."""
+    kept = folder.with_name(f"{folder.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    kept.mkdir()
+    for entry in folder.iterdir():
+        if entry.name != LOCK_NAME:
+            entry.rename(kept / entry.name)
+    return kept
+
+
+def _execute(folder: Path, names: list[str], profile: str, run: str, seed: int | None, alpha: float | None,
+             progress: bool) -> None:
+    """Run the chosen notebooks in order, skipping stages whose outputs and executed copy are complete."""
+    import papermill as pm
+
     params = {"PROFILE": profile, "RUN": run, "SEED": seed, "ALPHA": alpha}
     executed = folder / "notebooks"
     for i, name in enumerate(names, 1):
@@ -95,4 +113,3 @@ def run_pipeline(profile: str, run: str = "", *, seed: int | None = None, alpha:
         except pm.PapermillExecutionError as err:
             raise _failure(target, name, err) from None
         print(f"[{i}/{len(names)}] {name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
-    return folder

@@ -14,6 +14,7 @@ import pandas as pd
 from neftlib.config import RunConfig, config_from_json, load_config, stage_config
 from neftlib.data import load_eval_set, load_instructions, resolve_train_source, tokenize_rows
 from neftlib.io import environment, is_done, mark_done, read_json, read_jsonl, write_csv, write_json, write_jsonl
+from neftlib.lock import check_free
 from neftlib.models import load_tokenizer
 from neftlib.paths import MINI_TRAIN, run_dir
 
@@ -48,10 +49,14 @@ def start_run(profile: str, run: str = "", seed: int | None = None, alpha: float
         cfg = load_config(profile, run=run or None, seed=seed, alpha=alpha, **overrides)
     else:
         cfg = run_config(profile, run, seed=seed, alpha=alpha, **overrides)
+    state = _process_state()
+    if state.is_main_process:
+        # A notebook opened while `neftlib run` / `train` works on this folder is refused; the notebooks
+        # that command runs itself are its children and go on.
+        check_free(run_dir(cfg.run_name))
     if not force:
         # Every rank checks: they read the same file, so they refuse together (none is left at a barrier).
         check_same_config(cfg)
-    state = _process_state()
     if state.is_main_process:
         folder = run_dir(cfg.run_name)
         folder.mkdir(parents=True, exist_ok=True)
