@@ -1,4 +1,4 @@
-"""Command line: `python -m neftlib run|train|winrate|analyze ...`."""
+"""Command line: `python -m neftlib run|train|figures|report|winrate|analyze ...`."""
 from __future__ import annotations
 
 import argparse
@@ -38,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
                     "(kept by a later `run` of the same run)")
     tr.add_argument("--model", default=None,
                     help="another model for the profile (hub id or local folder; kept by a later `run` of the same run)")
+    fig = sub.add_parser("figures", help="rebuild every figure of a run from its results folder (figures/<run>/)")
+    fig.add_argument("run", help="the run's name: the folder under results/")
+    rep = sub.add_parser("report", help="rebuild a run's report (results/<run>/report/) from its results folder")
+    rep.add_argument("run", help="the run's name: the folder under results/")
     win = sub.add_parser("winrate", help="alpaca_eval metrics of an annotations file, as JSON")
     win.add_argument("annotations", type=Path)
     ana = sub.add_parser("analyze", help="length / repetition / log-diversity of model_outputs.json files")
@@ -57,6 +61,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"results in {folder}")
         elif args.command == "train":
             _train(args)
+        elif args.command == "figures":
+            from neftlib.figures import rebuild_all
+
+            _existing_run(args.run)
+            for name, where in rebuild_all(args.run).items():
+                print(f"{name}: {where}")
+        elif args.command == "report":
+            from neftlib.io import read_json
+            from neftlib.report import build_report
+
+            folder = _existing_run(args.run)
+            seed = read_json(folder / "config.json").get("seed", 0) if (folder / "config.json").exists() else 0
+            print(build_report(args.run, seed=seed)["summary"])
+            print(f"\nreport in {folder / 'report'}")
         elif args.command == "winrate":
             from neftlib.winrate import summarize_annotations
 
@@ -70,6 +88,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"neftlib {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _existing_run(run: str) -> Path:
+    """results/<run>/, or a FileNotFoundError listing the runs there are."""
+    from neftlib.paths import results_root, run_dir
+
+    folder = run_dir(run)
+    if not folder.is_dir():
+        root = results_root()
+        runs = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        raise FileNotFoundError(f"no run {run!r} under {root}; runs there: {', '.join(runs) or 'none'}")
+    return folder
 
 
 def _train(args: argparse.Namespace) -> None:

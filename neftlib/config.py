@@ -61,6 +61,8 @@ class RunConfig:
     # --- bookkeeping ---
     save_every: int = 50  # optimizer steps between atomic checkpoints
     loss_subset: int = 32  # training rows whose noise-free loss is measured after training
+    push_to_hub: bool = False  # after evaluation, push each trained arm (model or LoRA adapter, tokenizer, model card) to a private hub repo; needs a hub token
+    hub_repo: str = ""  # push_to_hub's repo names: "<hub_repo>-<stage>-<arm>", e.g. "me/smollm2-alpaca"; empty: "neftlib-<run>-<stage>-<arm>" under the token's account
     # --- generation and judging ---
     gen_max_new_tokens: int = 256  # answer length cap
     gen_batch_size: int = 16  # prompts per generate call (left-padded, sorted by length)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from neftlib.io import is_done
+from neftlib.hub import check_can_push, push_run
 from neftlib.lock import LOCK_NAME, run_lock
 from neftlib.paths import NOTEBOOKS_DIR, data_notice, run_dir
 from neftlib.stages import check_same_config, run_config
@@ -65,6 +66,7 @@ def run_pipeline(profile: str, run: str = "", *, seed: int | None = None, alpha:
         if unknown:
             raise ValueError(f"unknown notebook(s) {unknown}; choose from {', '.join(NOTEBOOKS)}")
         names = [nb for nb in NOTEBOOKS if any(nb.startswith(n) for n in only)]
+    check_can_push(cfg)  # a missing hub token is found now, not after hours of training
     folder = run_dir(cfg.run_name)
     # One writer per run folder: a second `run` or `train` on it is refused while this one lives.
     with run_lock(folder):
@@ -74,6 +76,9 @@ def run_pipeline(profile: str, run: str = "", *, seed: int | None = None, alpha:
             kept = move_aside(folder)
             print(f"earlier run moved to {kept}")
         _execute(folder, names, profile, run, seed, alpha, progress)
+        if cfg.push_to_hub and is_done(folder / "eval"):
+            for repo in push_run(cfg):
+                print(f"pushed to https://huggingface.co/{repo}", flush=True)
     return folder
 
 
