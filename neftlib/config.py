@@ -35,13 +35,14 @@ class RunConfig:
     precision: str = "fp32"  # compute dtype (autocast); trained weights stay fp32. bf16 on recent GPUs, as the paper
     gradient_checkpointing: bool = False  # trade compute for memory (7B)
     # --- data ---
-    train_data: str = "mini"  # "mini" (data/), "alpaca", "evol-instruct", "open-platypus", "sharegpt" (NEFTLIB_DATA_DIR, else the hub), "auto" (local alpaca else mini), or a file
+    train_data: str = "mini"  # "mini" (data/), "alpaca", "evol-instruct", "open-platypus", "sharegpt", "hf:ORG/NAME" (any hub dataset; NEFTLIB_DATA_DIR's copy first, else the hub), "auto" (local alpaca else mini), or a file
+    train_columns: dict[str, str] = field(default_factory=dict)  # our field -> the data's column when names differ, e.g. {"instruction": "question", "output": "answer"}; fields: instruction, input, output, conversations
     train_limit: int | None = None  # rows kept after the seeded shuffle; None keeps all
     drop_bad_rows: bool = False  # drop (and count) malformed rows instead of stopping at the first
     heldout_limit: int = 32  # rows held out of the training set for the held-out loss (05)
     prompt_format: str = "alpaca"  # "alpaca" (paper, all sets but ShareGPT), "vicuna" (ShareGPT), "chat" (model's template)
     max_length: int = 512  # tokens per example after formatting (the paper: 512)
-    eval_data: str = "auto"  # "mini" (data/mini_eval.json), "alpaca_eval" (805 prompts), "auto", or a file
+    eval_data: str = "auto"  # "mini" (data/mini_eval.json), "alpaca_eval" (805 prompts with Text-Davinci-003's answers: NEFTLIB_DATA_DIR, else the hub's tatsu-lab/alpaca_eval), "auto" (local alpaca_eval else mini), or a file
     eval_limit: int | None = None  # seeded subset of the evaluation prompts; None = all
     # --- optimisation ---
     epochs: float = 1.0  # passes over the training set (the paper: 3)
@@ -92,6 +93,14 @@ class RunConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        from neftlib.sources import MAPPABLE
+
+        if not isinstance(self.train_columns, dict):
+            raise ValueError(f"train_columns must map field names to column names, e.g. {{'instruction': 'question'}}, "
+                             f"got {self.train_columns!r}")
+        bad = {k: v for k, v in self.train_columns.items() if k not in MAPPABLE or not isinstance(v, str) or not v}
+        if bad:
+            raise ValueError(f"train_columns={bad!r}: map any of {', '.join(MAPPABLE)} to a column name (a string)")
         for arm in (*self.arms, *self.qlora_arms):
             parse_arm(arm, self)
 

@@ -100,7 +100,8 @@ def _prepare_data(cfg: RunConfig) -> dict[str, Any]:
         return read_json(out / "report.json")
     tok = load_tokenizer(cfg.model)
     n = None if cfg.train_limit is None else cfg.train_limit + cfg.heldout_limit
-    rows, report = load_instructions(cfg.train_data, seed=cfg.seed, limit=n, drop_bad=cfg.drop_bad_rows)
+    rows, report = load_instructions(cfg.train_data, seed=cfg.seed, limit=n, drop_bad=cfg.drop_bad_rows,
+                                     columns=cfg.train_columns)
     heldout_rows, train_rows = rows[: cfg.heldout_limit], rows[cfg.heldout_limit:]
     train_report = dataclasses.replace(report, rows_used=len(train_rows))
     train = tokenize_rows(train_rows, tok, cfg.prompt_format, cfg.max_length, train_report)
