@@ -5,9 +5,9 @@ import hashlib
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from neftlib.io import read_json, write_json
+from neftlib.progress import tqdm
 
 # The project's own judging prompt.
 JUDGE_PROMPT = (

@@ -1,16 +1,19 @@
 """Runs the numbered notebooks in order with papermill, each in a fresh kernel."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from neftlib.io import is_done
 from neftlib.hub import check_can_push, push_run
 from neftlib.lock import LOCK_NAME, run_lock
 from neftlib.paths import NOTEBOOKS_DIR, data_notice, run_dir
+from neftlib.progress import TEXT_ENV
 from neftlib.stages import check_same_config, run_config
 
 NOTEBOOKS = ("01_data_prep", "02_noisy_training", "03_qlora_variant", "04_evaluation", "05_overfitting_and_length",
@@ -42,6 +45,20 @@ def executed_completely(nb_path: Path) -> bool:
     except (OSError, ValueError, KeyError, TypeError):  # missing, or half-written when the run was killed
         return False
     return bool(meta.get("end_time")) and not meta.get("exception")
+
+
+@contextlib.contextmanager
+def _text_progress() -> Iterator[None]:
+    """The kernel inherits TEXT_ENV: its progress bars print as text, streamed to this terminal, not as widgets."""
+    before = os.environ.get(TEXT_ENV)
+    os.environ[TEXT_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(TEXT_ENV, None)
+        else:
+            os.environ[TEXT_ENV] = before
 
 
 def _failure(nb_path: Path, name: str, err: Exception) -> PipelineError:
@@ -113,8 +130,9 @@ def _execute(folder: Path, names: list[str], profile: str, run: str, seed: int |
         try:
             # The kernel's own output (tqdm bars of training, generation, judging) streams to the terminal.
             stream = {"stdout_file": sys.stdout, "stderr_file": sys.stderr} if progress else {}
-            pm.execute_notebook(str(source), str(target), parameters=params, kernel_name="python3",
-                                progress_bar=False, cwd=str(NOTEBOOKS_DIR), **stream)
+            with _text_progress():
+                pm.execute_notebook(str(source), str(target), parameters=params, kernel_name="python3",
+                                    progress_bar=False, cwd=str(NOTEBOOKS_DIR), **stream)
         except pm.PapermillExecutionError as err:
             raise _failure(target, name, err) from None
         print(f"[{i}/{len(names)}] {name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
