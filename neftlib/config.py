@@ -59,6 +59,7 @@ class RunConfig:
     noise_scaling: str = "per_example"  # "per_example" (paper code) or "padded" (transformers)
     arms: tuple[str, ...] = ("baseline", "neftune", "gaussian")  # arms trained by 02 (03 uses qlora_arms); sweep arms: sweep_arms()
     qlora_arms: tuple[str, ...] = ("baseline", "neftune")  # arms trained by 03
+    qlora: dict[str, Any] = field(default_factory=dict)  # what 03's QLoRA stage changes in these settings (method, LoRA, LR...); filled from the profile (neftlib/profiles.py QLORA)
     # --- bookkeeping ---
     save_every: int = 50  # optimizer steps between atomic checkpoints
     loss_subset: int = 32  # training rows whose noise-free loss is measured after training
@@ -103,6 +104,14 @@ class RunConfig:
             raise ValueError(f"train_columns={bad!r}: map any of {', '.join(MAPPABLE)} to a column name (a string)")
         for arm in (*self.arms, *self.qlora_arms):
             parse_arm(arm, self)
+        if not isinstance(self.qlora, dict) or {"profile", "run", "qlora"} & set(self.qlora):
+            raise ValueError(f"qlora={self.qlora!r}: a mapping of the settings the QLoRA stage changes, e.g. "
+                             "{method: qlora, lora_r: 16} (not profile, run or qlora)")
+        if self.qlora:
+            try:
+                dataclasses.replace(self, qlora={}, **self.qlora)  # a bad QLoRA setting fails now, not at 03
+            except TypeError as err:
+                raise ValueError(f"qlora={self.qlora!r}: {err}") from None
 
     @property
     def run_name(self) -> str:
@@ -174,28 +183,39 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name}={value!r} is not one of {', '.join(choices)}")
 
 
-def load_config(profile: str, **overrides: Any) -> RunConfig:
-    """The config of a named profile, with field overrides (e.g. from papermill parameters)."""
+def load_config(profile: str = "", *, config: str | Path | None = None, **overrides: Any) -> RunConfig:
+    """The config of a named profile, or of a recipe file (`config`), with field overrides typed by the field
+    (values or text, as from papermill parameters or --set); None leaves a field as the profile has it."""
     from neftlib.profiles import PROFILES
+    from neftlib.recipes import coerce_fields, read_recipe
 
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+    if config:
+        profile, base = read_recipe(config)
+    elif profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}, "
+                         "or give a recipe file (--config PATH.yaml)")
+    else:
+        base = dict(PROFILES[profile])
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ValueError(f"unknown config field(s) {unknown}; valid fields: {', '.join(sorted(fields))}")
-    values: dict[str, Any] = {**PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None}}
-    for key in ("lora_targets", "arms", "qlora_arms"):
-        if key in values and isinstance(values[key], list):
-            values[key] = tuple(values[key])
-    return RunConfig(profile=profile, **values)
+    values = coerce_fields({**base, **{k: v for k, v in overrides.items() if v is not None}})
+    return RunConfig(profile=profile, **_with_qlora(values, profile))
+
+
+def _with_qlora(values: dict[str, Any], profile: str) -> dict[str, Any]:
+    """The QLoRA stage's settings written out: the profile's QLORA entry when none are given."""
+    from neftlib.profiles import QLORA
+
+    if values.get("qlora"):
+        return values
+    return {**values, "qlora": dict(QLORA.get(profile, QLORA["default"]))}
 
 
 def qlora_config(cfg: RunConfig) -> RunConfig:
-    """The 03 stage's config: the same run with the profile's QLoRA overrides."""
-    from neftlib.profiles import QLORA
-
-    return dataclasses.replace(cfg, **QLORA.get(cfg.profile, QLORA["default"]))
+    """The 03 stage's config: the same run with its QLoRA settings (cfg.qlora)."""
+    return dataclasses.replace(cfg, **(cfg.qlora or _with_qlora({}, cfg.profile)["qlora"]))
 
 
 def stage_config(cfg: RunConfig, stage: str) -> tuple[RunConfig, tuple[str, ...]]:
@@ -213,7 +233,7 @@ def config_from_json(path: Path) -> RunConfig:
         if isinstance(data.get(key), list):
             data[key] = tuple(data[key])
     try:
-        return RunConfig(**data)
+        return RunConfig(**_with_qlora(data, data.get("profile", "")))  # runs from before `qlora` was recorded
     except TypeError as err:
         raise ValueError(f"{path} was written by another version of neftlib ({err}); "
                          "use --run NEW_NAME, or --force to move that run aside") from None

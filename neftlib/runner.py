@@ -69,10 +69,14 @@ def _failure(nb_path: Path, name: str, err: Exception) -> PipelineError:
 
 
 def run_pipeline(profile: str, run: str = "", *, seed: int | None = None, alpha: float | None = None,
-                 force: bool = False, only: list[str] | None = None, progress: bool = True) -> Path:
-    """Execute the notebooks for a profile; stages with complete outputs are skipped unless `force`."""
+                 force: bool = False, only: list[str] | None = None, progress: bool = True, config: str = "",
+                 sets: dict[str, Any] | None = None) -> Path:
+    """Execute the notebooks for a profile or recipe file (`config`) with `sets` overrides (field -> value or
+    text); stages with complete outputs are skipped unless `force`."""
+    sets = dict(sets or {})
+    config = str(Path(config).expanduser().resolve()) if config else ""  # the kernels run in notebooks/
     # Fail fast on bad input; --grad-accum / --model given to an earlier `neftlib train` of this run are kept.
-    cfg = run_config(profile, run, seed=seed, alpha=alpha)
+    cfg = run_config(profile, run, seed=seed, alpha=alpha, config=config, **sets)
     print(data_notice(), flush=True)  # raises before anything moves when NEFTLIB_DATA_DIR is not a folder
     if force and only:
         raise ValueError("--force moves the whole earlier run aside, so it cannot go with --only; "
@@ -92,7 +96,9 @@ def run_pipeline(profile: str, run: str = "", *, seed: int | None = None, alpha:
         elif any(p.name != LOCK_NAME for p in folder.iterdir()):
             kept = move_aside(folder)
             print(f"earlier run moved to {kept}")
-        _execute(folder, names, profile, run, seed, alpha, progress)
+        params = {"PROFILE": cfg.profile, "RUN": run, "SEED": seed, "ALPHA": alpha, "CONFIG": config,
+                  "SET": {k: list(v) if isinstance(v, tuple) else v for k, v in sets.items()}}  # papermill: literals
+        _execute(folder, names, params, progress)
         if cfg.push_to_hub and is_done(folder / "eval"):
             for repo in push_run(cfg):
                 print(f"pushed to https://huggingface.co/{repo}", flush=True)
@@ -109,12 +115,10 @@ def move_aside(folder: Path) -> Path:
     return kept
 
 
-def _execute(folder: Path, names: list[str], profile: str, run: str, seed: int | None, alpha: float | None,
-             progress: bool) -> None:
+def _execute(folder: Path, names: list[str], params: dict[str, Any], progress: bool) -> None:
     """Run the chosen notebooks in order, skipping stages whose outputs and executed copy are complete."""
     import papermill as pm
 
-    params = {"PROFILE": profile, "RUN": run, "SEED": seed, "ALPHA": alpha}
     executed = folder / "notebooks"
     for i, name in enumerate(names, 1):
         source = NOTEBOOKS_DIR / f"{name}.ipynb"

@@ -31,24 +31,30 @@ TRAIN_CLI_FIELDS = ("grad_accum", "model")
 
 
 def run_config(profile: str, run: str = "", seed: int | None = None, alpha: float | None = None,
-               **overrides: Any) -> RunConfig:
-    """The profile's config with overrides; TRAIN_CLI_FIELDS not given keep the earlier run's values."""
-    saved = run_dir(run or profile) / "config.json"
+               config: str = "", **overrides: Any) -> RunConfig:
+    """The profile's (or the recipe file `config`'s) settings with overrides; TRAIN_CLI_FIELDS not given keep
+    the earlier run's values."""
+    cfg = load_config(profile, config=config or None, run=run or None, seed=seed, alpha=alpha, **overrides)
+    saved = run_dir(cfg.run_name) / "config.json"
     if saved.exists():
         earlier = read_json(saved)
-        for name in TRAIN_CLI_FIELDS:
-            if overrides.get(name) is None and name in earlier:
-                overrides[name] = earlier[name]
-    return load_config(profile, run=run or None, seed=seed, alpha=alpha, **overrides)
+        kept = {n: earlier[n] for n in TRAIN_CLI_FIELDS if overrides.get(n) is None and n in earlier}
+        if kept:
+            cfg = load_config(profile, config=config or None, run=run or None, seed=seed, alpha=alpha,
+                              **{**overrides, **kept})
+    return cfg
 
 
 def start_run(profile: str, run: str = "", seed: int | None = None, alpha: float | None = None,
-              force: bool = False, **overrides: Any) -> RunConfig:
-    """The run's config; writes config.json and env.json, refusing to mix with a different earlier run."""
+              force: bool = False, config: str = "", **overrides: Any) -> RunConfig:
+    """The run's config; writes config.json and env.json, refusing to mix with a different earlier run.
+
+    `config`: a recipe file instead of the profile; `overrides`: settings by name, values typed or as text
+    (the notebooks' SET parameter, the command line's --set)."""
     if force:
-        cfg = load_config(profile, run=run or None, seed=seed, alpha=alpha, **overrides)
+        cfg = load_config(profile, config=config or None, run=run or None, seed=seed, alpha=alpha, **overrides)
     else:
-        cfg = run_config(profile, run, seed=seed, alpha=alpha, **overrides)
+        cfg = run_config(profile, run, seed=seed, alpha=alpha, config=config, **overrides)
     state = _process_state()
     if state.is_main_process:
         # A notebook opened while `neftlib run` / `train` works on this folder is refused; the notebooks
