@@ -1,9 +1,11 @@
 """Training throughput: neftlib.train against transformers' Trainer with its built-in NEFTune, in one run.
 
-Three trainers, the same model (SmolLM2-135M-Instruct, fp32), the same tokenized Alpaca examples,
+Four trainers, the same model (SmolLM2-135M-Instruct, fp32), the same tokenized Alpaca examples,
 batch size and number of optimizer steps, all with NEFTune alpha 5:
 
-- `neftlib`: neftlib.train.train with its length-grouped batches (the `cpu` profile's batching);
+- `neftlib`: neftlib.train.train (Trainer with neftlib's noise callback) with its length-grouped batches
+  (the `cpu` profile's batching);
+- `neftlib_padding_free`: the same with `padding_free=True` (each batch one row, no pad tokens);
 - `hf_trainer`: transformers' Trainer with `neftune_noise_alpha=5` and its defaults (random batches);
 - `hf_trainer_grouped`: the same Trainer with `train_sampling_strategy="group_by_length"`, so the
   reader sees how much of the gain is the batching alone.
@@ -39,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from neftlib.batching import batch_order  # noqa: E402
+from neftlib.batching import EpochSampler  # noqa: E402
 from neftlib.config import load_config  # noqa: E402
 from neftlib.data import load_instructions, tokenize_rows  # noqa: E402
 from neftlib.models import count_parameters, load_model, load_tokenizer  # noqa: E402
@@ -76,23 +78,25 @@ def model_flops(lengths: list[int], n_params: int, layers: int, hidden: int) -> 
     return sum(6 * n_params * n + 12 * layers * hidden * n * n for n in lengths)
 
 
-def run_neftlib(examples: list[dict], pad_id: int, batch: int, steps: int, max_length: int, work: Path) -> list[dict]:
+def run_neftlib(examples: list[dict], pad_id: int, batch: int, steps: int, max_length: int, work: Path,
+                padding_free: bool = False) -> list[dict]:
     """Per-step rows of neftlib.train.train: seconds, real lengths of the batch, padded tokens."""
     from neftlib.train import train
 
     cfg = load_config("cpu", model=MODEL, max_steps=steps, batch_size=batch, max_length=max_length,
-                      alpha=ALPHA, group_by_length=True, save_every=10_000, learning_rate=2e-5)
-    train(cfg, cfg.for_arm("neftune"), examples, work / "neftlib", pad_id=pad_id, progress=False)
-    torch.use_deterministic_algorithms(False)  # train() sets it for its own run; the Trainer runs without
-    log = _read_log(work / "neftlib" / "log.csv")
+                      alpha=ALPHA, group_by_length=not padding_free, padding_free=padding_free, save_every=10_000,
+                      learning_rate=2e-5)
+    folder = work / ("neftlib_padding_free" if padding_free else "neftlib")
+    train(cfg, cfg.for_arm("neftune"), examples, folder, pad_id=pad_id, progress=False)
+    log = _read_log(folder / "log.csv")
     # The same batches train() drew: one process, epoch 0 (steps < batches per epoch).
-    order = batch_order([len(e["input_ids"]) for e in examples], batch, cfg.seed, 0, True)
+    order = EpochSampler([len(e["input_ids"]) for e in examples], batch, cfg.seed, not padding_free).batches()
     rows = []
     for step, row in enumerate(log):
         lengths = [len(examples[i]["input_ids"]) for i in order[step]]
         assert abs(sum(lengths) - row["tokens_per_s"] * row["step_s"]) < 0.5, "batches differ from train()'s"
         rows.append({"wall_s": row["step_s"], "cpu_s": row["cpu_s"], "lengths": lengths,
-                     "padded": max(lengths) * len(lengths)})
+                     "padded": sum(lengths) if padding_free else max(lengths) * len(lengths)})
     return rows
 
 
@@ -205,15 +209,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     steps = a.steps + 1
     peaks, raw = [], {}
-    # Trainer default, neftlib, Trainer grouped: neftlib in the middle, so a drift in the machine's
-    # load over the run tilts neither comparison its way. The matmul peak is measured before each.
+    # Trainer default, neftlib (both batchings), Trainer grouped: neftlib in the middle, so a drift in the
+    # machine's load over the run tilts neither comparison its way. The matmul peak is measured before each.
     with tempfile.TemporaryDirectory(prefix="bench_throughput.") as tmp:
         work = Path(tmp)
-        for name in ("hf_trainer", "neftlib", "hf_trainer_grouped"):
+        for name in ("hf_trainer", "neftlib", "neftlib_padding_free", "hf_trainer_grouped"):
             peaks.append({"before": name, **matmul_peak(a.matmul_n)})
             print(f"{name}: {steps} steps ...", file=sys.stderr, flush=True)
-            if name == "neftlib":
-                raw[name] = run_neftlib(examples, tok.pad_token_id, a.batch, steps, a.max_length, work)
+            if name.startswith("neftlib"):
+                raw[name] = run_neftlib(examples, tok.pad_token_id, a.batch, steps, a.max_length, work,
+                                        padding_free=name == "neftlib_padding_free")
             else:
                 raw[name] = run_trainer(examples, tok, a.batch, steps, work,
                                         "random" if name == "hf_trainer" else "group_by_length")
@@ -235,6 +240,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ratio_neftlib_over_hf_trainer": by["neftlib"][f"tokens_per_{c}_s"] / by["hf_trainer"][f"tokens_per_{c}_s"],
         "ratio_neftlib_over_hf_trainer_grouped":
             by["neftlib"][f"tokens_per_{c}_s"] / by["hf_trainer_grouped"][f"tokens_per_{c}_s"],
+        "ratio_padding_free_over_hf_trainer_grouped":
+            by["neftlib_padding_free"][f"tokens_per_{c}_s"] / by["hf_trainer_grouped"][f"tokens_per_{c}_s"],
         "ratio_wall_neftlib_over_hf_trainer": by["neftlib"]["tokens_per_wall_s"] / by["hf_trainer"]["tokens_per_wall_s"],
         "matmul_peak_gflops": peak[c], "mfu": {r["trainer"]: r[f"mfu_{c}"] for r in rows},
         "matmul_n": a.matmul_n, "matmul_peak_gflops_by_clock": peak, "matmul_measurements": peaks,

@@ -330,7 +330,8 @@ class RunEvidence:
                             lambda lo, hi: difference_verdict(lo, hi, "lower"), n_boot)
 
     def openllm(self, claim: str, stage: str, pair: tuple) -> list[dict]:
-        """eval/openllm.csv, if a run has one: rows (stage, arm, task, acc [, stderr]) in percent."""
+        """eval/openllm.csv as openllm_table writes it: rows (stage, arm, task, value, stderr), fractions 0..1,
+        compared here in percentage points."""
         table = read_table(self.folder / "eval" / "openllm.csv")
         if table is None or None in pair:
             return [unmeasured(claim, "OpenLLM accuracy", stage, pair,
@@ -340,14 +341,15 @@ class RunEvidence:
             b, t = (rows[rows["arm"] == a] for a in pair)
             if b.empty or t.empty:
                 continue
-            diff = float(t["acc"].iloc[0] - b["acc"].iloc[0])
-            se = math.hypot(float(b.get("stderr", pd.Series([math.nan])).iloc[0]),
-                            float(t.get("stderr", pd.Series([math.nan])).iloc[0]))
+            acc_b, acc_t = 100 * float(b["value"].iloc[0]), 100 * float(t["value"].iloc[0])
+            diff = acc_t - acc_b
+            se = 100 * math.hypot(float(b.get("stderr", pd.Series([math.nan])).iloc[0]),
+                                  float(t.get("stderr", pd.Series([math.nan])).iloc[0]))
             low, high = diff - 1.96 * se, diff + 1.96 * se
             verdict = flat_verdict(low, high, OPENLLM_MARGIN)
             parts.append(evidence_row(claim, f"{task} accuracy", stage, pair, verdict,
                                       f"'flat' means within +-{OPENLLM_MARGIN} points",
                                       basis="normal 95% interval from the two standard errors",
-                                      baseline=float(b["acc"].iloc[0]), treatment=float(t["acc"].iloc[0]),
+                                      baseline=acc_b, treatment=acc_t,
                                       difference=diff, low=low, high=high))
         return parts or [unmeasured(claim, "OpenLLM accuracy", stage, pair, "no OpenLLM rows for these arms")]

@@ -48,12 +48,18 @@ class RunConfig:
     epochs: float = 1.0  # passes over the training set (the paper: 3)
     max_steps: int | None = None  # optimizer steps; overrides epochs when set
     batch_size: int = 4  # examples per micro-batch per process
-    grad_accum: int = 1  # micro-batches per optimizer step
+    effective_batch: int | None = None  # examples per optimizer step over all processes (paper: 128); grad_accum follows from it
+    grad_accum: int = 1  # micro-batches per optimizer step and process, when effective_batch is not set
     learning_rate: float = 5e-5  # peak LR (paper code: 5e-5 for 7B)
     weight_decay: float = 0.0  # AdamW weight decay
     warmup_ratio: float = 0.03  # linear warmup share of steps, then cosine decay
     max_grad_norm: float = 1.0  # gradient clipping
     group_by_length: bool = True  # batch similar lengths together to cut padding
+    padding_free: bool = False  # concatenate a batch's examples in one row (position_ids restart per example, no pads)
+    optim: str = "adamw_torch"  # transformers' optimizer name (TrainingArguments.optim), e.g. "paged_adamw_8bit" for QLoRA
+    logging_steps: int = 1  # optimizer steps per row of log.csv (one device sync per row on a GPU)
+    report_to: str = "none"  # where Trainer also logs: "none", "tensorboard", "wandb", ... (offline default: none)
+    deterministic: bool | None = None  # deterministic kernels while training; None: on for CPU (free), off on GPU (slower there)
     # --- NEFTune ---
     alpha: float = 5.0  # noise alpha of the NEFTune arm (paper: 5 for 7B, 15 for 70B)
     noise_scaling: str = "per_example"  # "per_example" (paper code) or "padded" (transformers)
@@ -88,7 +94,13 @@ class RunConfig:
         parse_tasks(self.openllm_tasks)  # a malformed task list fails here, not after training
         if not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha) or self.alpha < 0:
             raise ValueError(f"alpha must be a finite number >= 0 (the paper uses 5 to 15), got {self.alpha!r}")
-        for name in ("batch_size", "grad_accum", "max_length", "save_every", "gen_max_new_tokens", "gen_batch_size"):
+        if self.effective_batch is not None and self.grad_accum != 1:
+            raise ValueError(f"give either effective_batch ({self.effective_batch}) or grad_accum ({self.grad_accum}), "
+                             "not both: with effective_batch, grad_accum follows from batch_size and the processes")
+        if self.effective_batch is not None and (not isinstance(self.effective_batch, int) or self.effective_batch < 1):
+            raise ValueError(f"effective_batch must be a positive integer or None, got {self.effective_batch!r}")
+        for name in ("batch_size", "grad_accum", "max_length", "save_every", "gen_max_new_tokens", "gen_batch_size",
+                     "logging_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -120,6 +132,18 @@ class RunConfig:
     @property
     def load_in_4bit(self) -> bool:
         return self.method == "qlora"
+
+    def grad_accum_for(self, world: int) -> int:
+        """Micro-batches per optimizer step on each of `world` processes: from effective_batch when set."""
+        if self.effective_batch is None:
+            return self.grad_accum
+        per_step = self.batch_size * world
+        if self.effective_batch % per_step:
+            raise ValueError(
+                f"effective_batch={self.effective_batch} cannot be reached with batch_size={self.batch_size} on "
+                f"{world} process(es) ({per_step} examples per micro-step): choose a batch_size and number of "
+                f"processes whose product divides {self.effective_batch}")
+        return self.effective_batch // per_step
 
     def for_arm(self, arm: str) -> "ArmConfig":
         """The training config of one arm: the same run, differing only in the noise."""

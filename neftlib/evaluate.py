@@ -9,7 +9,7 @@ from neftlib.config import RunConfig, stage_config
 from neftlib.generate import cap_record, eval_prompts, generate_with_lengths, model_outputs
 from neftlib.io import is_done, mark_done, read_json, write_csv, write_json
 from neftlib.judge import LocalJudge, annotations
-from neftlib.models import load_base, load_tokenizer, on_best_device
+from neftlib.models import free_memory, load_base, load_tokenizer, on_best_device
 from neftlib.stages import stage_dir, trained_arms
 from neftlib.winrate import bootstrap_ci, length_controlled_win_rate, summarize_preferences, win_values
 
@@ -29,6 +29,8 @@ def arm_outputs(cfg: RunConfig, stage: str, arm: str, folder: Path, rows: list[d
         model, tok, eval_prompts(rows, cfg.prompt_format, tok), max_new_tokens=cfg.gen_max_new_tokens,
         batch_size=cfg.gen_batch_size, repetition_penalty=cfg.repetition_penalty, progress=progress,
         desc=f"{stage}-{arm}")
+    del model
+    free_memory()  # before the next arm's model is loaded
     outputs = model_outputs(rows, answers, generator=f"{cfg.run_name}-{stage}-{arm}")
     write_json(out.with_name(f"{name}_lengths.json"), cap_record(new_tokens, cfg.gen_max_new_tokens))
     write_json(out, outputs)  # last: its presence means both files are complete

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from neftlib.io import publish_dir
-from neftlib.paths import cache_dir
+from neftlib.paths import PROJ_ROOT, cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,22 @@ def model_path(name: str, tokenizer_only: bool = False) -> Path | str:
     return name  # a hub id: transformers resolves it (its cache, or the hub when reachable)
 
 
+# Hub models whose config.json numbers the repo keeps (configs/models/), so estimates and shape checks run offline.
+KNOWN_CONFIGS = {"meta-llama/Llama-2-7b-hf": "llama-2-7b.json", "meta-llama/Llama-2-70b-hf": "llama-2-70b.json"}
+
+
+def model_config(name: str):
+    """A model's transformers config: from its folder or the hub cache, else the copy kept in configs/models/."""
+    from transformers import AutoConfig, LlamaConfig
+
+    try:
+        return AutoConfig.from_pretrained(model_path(name))
+    except OSError as err:
+        if name not in KNOWN_CONFIGS:
+            raise not_available(name, err) from None
+        return LlamaConfig.from_json_file(PROJ_ROOT / "configs" / "models" / KNOWN_CONFIGS[name])
+
+
 def not_available(name: str, err: OSError) -> FileNotFoundError:
     """The error for a model transformers cannot find: its own message does not name the model or the fix."""
     return FileNotFoundError(
@@ -168,13 +184,14 @@ def load_model(name: str, *, method: str = "full", precision: str = "fp32", lora
                gradient_checkpointing: bool = False, device: str | None = None):
     """A causal LM ready to train: full weights, LoRA adapters, or a 4-bit NF4 base with LoRA (QLoRA)."""
     model = load_base(name, precision=precision, load_in_4bit=method == "qlora", device=device)
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if gradient_checkpointing:  # Trainer does this itself from TrainingArguments.activation_checkpointing
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if method in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
         if method == "qlora":
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+            # Checkpointing stays ours: peft would switch it on with its own use_reentrant choice.
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
         targets = [t for t in lora_targets if t in present] or "all-linear"
         model = get_peft_model(model, LoraConfig(
@@ -182,6 +199,16 @@ def load_model(name: str, *, method: str = "full", precision: str = "fp32", lora
             task_type="CAUSAL_LM",
         ))
     return model
+
+
+def free_memory() -> None:
+    """Return what dropped models held: Python's cycles first (accelerate's wrappers refer to themselves),
+    then the GPU allocator's cache, so the next model (or another process) has that memory."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def on_best_device(model):

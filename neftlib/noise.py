@@ -120,6 +120,8 @@ class NEFTuneHandle:
     distribution: str = "uniform"
     scaling: str = "per_example"
     _last_ratio: Any = field(default=None, repr=False)
+    _ratio_sum: Any = field(default=None, repr=False)
+    _ratio_count: int = field(default=0, repr=False)
 
     @property
     def last_ratio(self) -> Optional[float]:
@@ -127,6 +129,21 @@ class NEFTuneHandle:
         # Kept as a tensor until read so training steps never wait on a device sync.
         r = self._last_ratio
         return float(r) if r is not None else None
+
+    def pop_mean_ratio(self) -> Optional[float]:
+        """Mean ratio over the noised forwards since the last call (None if there were none); resets it.
+
+        One device sync per call: a trainer calls it at its logging steps, not per micro-batch."""
+        if self._ratio_count == 0:
+            return 0.0 if self.alpha == 0.0 else None
+        mean = float(self._ratio_sum) / self._ratio_count
+        self._ratio_sum, self._ratio_count = None, 0
+        return mean
+
+    def _record_ratio(self, ratio: torch.Tensor) -> None:
+        self._last_ratio = ratio
+        self._ratio_sum = ratio if self._ratio_sum is None else self._ratio_sum + ratio
+        self._ratio_count += 1
 
     def rng_state(self) -> torch.Tensor:
         """Noise-generator state, for checkpointing."""
@@ -181,7 +198,7 @@ class _NoiseHooks:
                 e2 = torch.linalg.vector_norm(output.detach(), dim=-1, dtype=torch.float32).square()
                 if real is not None:
                     n2, e2 = n2 * real, e2 * real
-                h._last_ratio = (n2.sum() / e2.sum().clamp_min(1e-30)).sqrt()
+                h._record_ratio((n2.sum() / e2.sum().clamp_min(1e-30)).sqrt())
         return output + noise.to(output.dtype)
 
 

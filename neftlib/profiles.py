@@ -72,7 +72,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         eval_data="alpaca_eval",
         epochs=3.0,
         batch_size=4,
-        grad_accum=32,  # 128 on one GPU; divide by the number of processes under accelerate
+        effective_batch=128,  # the paper's: grad_accum 32 on one GPU, 4 on 8 GPUs
         learning_rate=5e-5,
         # bf16 autocast over fp32 master weights, as the paper's FSDP mixed precision: 16 bytes per
         # parameter with AdamW (~112 GB at 7B), so FSDP over 2+ GPUs (configs/accelerate/fsdp_7b.yaml)
@@ -99,7 +99,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         eval_limit=100,
         epochs=1.0,
         batch_size=4,
-        grad_accum=4,
+        effective_batch=16,
         learning_rate=2e-4,
         lora_r=64,
         lora_alpha=16,

@@ -22,25 +22,27 @@ from neftlib.noise import noise_seed
 
 PROJ = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TRAIN_ARGS = ["train", "--profile", "smoke", "--arm", "neftune"]  # smoke: 6 steps, checkpoint at step 3
+# smoke: 6 steps, checkpoint at step 3; accumulation 2, so DDP's no_sync runs on every first micro-batch
+TRAIN_ARGS = ["train", "--profile", "smoke", "--arm", "neftune", "--grad-accum", "2"]
 LAUNCH_TIMEOUT = 300  # seconds; a rank stuck at a barrier fails the test instead of hanging it
 
-# Simulates a kill: every rank stops in step 5, after the checkpoint of step 3 (grad_accum 1: one
-# collate call per step), at the same point so neither rank is left waiting in a collective.
+# Simulates a kill: every rank stops in step 4, after the checkpoint of step 3 (each rank collates its own
+# two micro-batches per step, one batch ahead: calls 1-3 in step 1, 8-9 in step 4), at the same point so
+# neither rank is left waiting in a collective.
 DYING_WORKER = """
 import sys
-import neftlib.train as train_mod
+import neftlib.batching as batching
 from neftlib.__main__ import main
 
-real_collate, calls = train_mod.collate, [0]
+real_collate, calls = batching.collate, [0]
 
 def dying_collate(*args, **kwargs):
     calls[0] += 1
-    if calls[0] == 5:
+    if calls[0] == 8:
         raise KeyboardInterrupt("simulated kill")
     return real_collate(*args, **kwargs)
 
-train_mod.collate = dying_collate
+batching.collate = dying_collate
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -89,7 +91,7 @@ def launched(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ddp")
     proc = _accelerate(root, "a")
     _ok(proc)
-    assert "2 process(es), effective batch 8" in proc.stdout  # the main process reports, once
+    assert "2 process(es), effective batch 16" in proc.stdout  # the main process reports, once
     assert proc.stdout.count("results in ") == 1
     return root
 
@@ -98,7 +100,7 @@ def test_two_ranks_train_once_with_their_own_noise(launched):
     run = launched / "results" / "a"
     arm = _arm(launched, "a")
     summary = json.loads((arm / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["effective_batch"] == 8  # batch 4 x grad_accum 1 x 2
+    assert summary["world_size"] == 2 and summary["effective_batch"] == 16  # batch 4 x grad_accum 2 x 2
     # Each rank seeded its own noise stream, and the streams ended in different states.
     assert summary["noise_seeds"] == [noise_seed(0, 0), noise_seed(0, 1)]
     states = summary["noise_rng_sha256"]
@@ -138,9 +140,10 @@ def test_killed_launch_resumes_to_the_same_numbers(launched, tmp_path):
     assert cut.returncode != 0
     arm = _arm(launched, "b")
     assert [p.name for p in arm.glob("checkpoint-*")] == ["checkpoint-3"] and not (arm / "DONE.json").exists()
-    state = torch.load(arm / "checkpoint-3" / "state.pt", weights_only=False)
-    assert state["world_size"] == 2 and len(state["rng_by_rank"]) == 2
-    assert not torch.equal(state["rng_by_rank"][0]["noise"], state["rng_by_rank"][1]["noise"])
+    ckpt = arm / "checkpoint-3"
+    assert json.loads((ckpt / "neftlib_state.json").read_text())["world_size"] == 2
+    noise = [torch.load(ckpt / f"noise_rng_state_{r}.pth", weights_only=True) for r in (0, 1)]
+    assert not torch.equal(noise[0], noise[1])  # each rank's own noise stream, saved by that rank
 
     _ok(_torchrun(launched, "b"))  # every rank loads checkpoint-3 and its own RNG states
     a, b = _arm(launched, "a"), arm

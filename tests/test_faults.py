@@ -121,14 +121,28 @@ def _write_half(real_save, obj, path, *args, **kwargs) -> None:
         fh.write(data[: len(data) // 2])
 
 
+def _stop_at_save_into(folder: str, marker: Path) -> None:
+    """The first torch.save into `folder` writes half its file, creates `marker` and waits to be killed."""
+    real = torch.save
+
+    def stopping(obj, f, *args, **kwargs):
+        if folder in str(f):
+            _write_half(real, obj, f)
+            _wait_to_be_killed(marker)
+        return real(obj, f, *args, **kwargs)
+
+    torch.save = stopping
+
+
 def _arm_fault(fault: str, marker: Path) -> None:
-    import neftlib.train
+    import neftlib.batching
     from transformers.generation.utils import GenerationMixin
 
-    if fault == "between steps":  # step 4 of 6: checkpoint-2 on disk, step 3 only in memory
-        _stop_at_call(neftlib.train, "collate", 4, marker)
-    elif fault == "writing a checkpoint":  # checkpoint-4's state.pt half written
-        _stop_at_call(torch, "save", 2, marker, before=_write_half)
+    # Trainer fetches one batch ahead: the n-th collate call comes in step n - 1.
+    if fault == "between steps":  # in step 3 of 6: checkpoint-2 on disk, step 3 only in memory
+        _stop_at_call(neftlib.batching, "collate", 4, marker)
+    elif fault == "writing a checkpoint":  # a file of checkpoint-4 half written
+        _stop_at_save_into("checkpoint-4", marker)
     elif fault == "generating":  # 2nd batch of the 2nd arm: the 1st arm's answers saved
         _stop_at_call(GenerationMixin, "generate", 4, marker)
     elif fault == "judging":  # 2nd batch of 4 judgments: the 1st batch cached
@@ -218,12 +232,12 @@ def test_killed_during_training_resumes_same_result(reference, results, tmp_path
     _kill_at(fault, sig, results, tmp_path)
     assert [p.name for p in arm.glob("checkpoint-*")] == ["checkpoint-2"]
     assert not (arm / "summary.json").exists() and not (arm / "DONE.json").exists()
-    if fault == "writing a checkpoint":  # the half-written file sits in a temp folder, never read
-        assert [p.stat().st_size > 0 for p in arm.glob(".ckpt.*/state.pt")] == [True]
+    if fault == "writing a checkpoint":  # the half-written file sits in the staging folder, never read
+        assert [p.name for p in arm.glob(".staging/checkpoint-4/*.pt*") if p.stat().st_size > 0]
 
     stages.train_arms(_start(), "train", arms=["neftune"])  # the same command again
     _assert_same_training(arm, reference / "after_train" / "train" / "neftune")
-    assert not list(arm.glob("checkpoint-*")) and not list(arm.glob(".ckpt.*"))  # nothing left behind
+    assert not list(arm.glob("checkpoint-*")) and not (arm / ".staging").exists()  # nothing left behind
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
@@ -329,23 +343,23 @@ def test_notebook_killed_after_its_outputs_is_rerun_not_skipped(results, monkeyp
 # ---------- a full disk ----------
 
 def test_disk_full_while_checkpointing_keeps_previous_checkpoint(reference, results, monkeypatch):
-    """The second checkpoint is written to /dev/full: torch.save meets a real ENOSPC."""
+    """The second checkpoint's first torch.save goes to /dev/full: a real ENOSPC."""
     if not Path("/dev/full").exists():
         pytest.skip("needs /dev/full (Linux)")
     run = _restore(reference / "after_data", results)
     arm = run / "train" / "neftune"
-    real_save, calls = torch.save, itertools.count(1)
+    real_save = torch.save
 
     def second_save_on_a_full_disk(obj, f, *args, **kwargs):
-        return real_save(obj, "/dev/full" if next(calls) == 2 else f, *args, **kwargs)
+        return real_save(obj, "/dev/full" if "checkpoint-4" in str(f) else f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", second_save_on_a_full_disk)
     with pytest.raises(RuntimeError, match=r"could not write checkpoint \S+/checkpoint-4 .*GiB free on that disk\. "
                                            r"Free some space and rerun the same command: training resumes from "
                                            r"checkpoint-2, which is intact"):
         stages.train_arms(_start(), "train", arms=["neftune"])
-    assert [p.name for p in arm.glob("checkpoint-*")] == ["checkpoint-2"] and not list(arm.glob(".ckpt.*"))
-    assert torch.load(arm / "checkpoint-2" / "state.pt", weights_only=False)["step"] == 2
+    assert [p.name for p in arm.glob("checkpoint-*")] == ["checkpoint-2"] and not (arm / ".staging").exists()
+    assert json.loads((arm / "checkpoint-2" / "neftlib_state.json").read_text())["step"] == 2
 
     monkeypatch.setattr(torch, "save", real_save)  # space freed: the same command finishes the arm
     stages.train_arms(_start(), "train", arms=["neftune"])
@@ -387,7 +401,7 @@ def test_data_with_no_usable_rows_refused_in_data_prep(tmp_path, results):
 def test_model_not_available_offline_is_named_with_the_fix(monkeypatch):
     from neftlib.config import load_config
     from neftlib.models import load_base, load_tokenizer
-    from neftlib.train import check_fits
+    from neftlib.memory import check_fits
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)

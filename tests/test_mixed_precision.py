@@ -59,12 +59,16 @@ def test_bf16_lora_keeps_a_bf16_base_and_fp32_adapters(tmp_path, examples, token
 
 
 def test_weights_precision_and_memory_estimate():
+    from neftlib.memory import estimate_memory
+
     full, lora = load_config("smoke", precision="bf16"), load_config("smoke", precision="bf16", method="lora")
     assert train_mod.weights_precision(full) == "fp32" and train_mod.weights_precision(lora) == "bf16"
-    assert train_mod.weights_precision(full, deepspeed=True) == "bf16"  # DeepSpeed keeps its own fp32 copy
-    assert train_mod.MIXED_PRECISION == {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
     n = sum(p.numel() for p in load_base("tiny-random").parameters())
-    assert train_mod.estimate_training_bytes(full) == 16 * n  # fp32 weights, grads and two Adam moments
+    est = estimate_memory(full)
+    # fp32 weights and grads, two fp32 Adam moments
+    assert (est.weights, est.gradients, est.optimizer) == (4 * n, 4 * n, 8 * n)
+    adapters = estimate_memory(lora)
+    assert adapters.weights < 3 * n and 0 < adapters.optimizer < est.optimizer / 10
 
 
 def test_one_process_trains_runs_of_different_precisions_in_turn():
@@ -72,4 +76,5 @@ def test_one_process_trains_runs_of_different_precisions_in_turn():
 
     fp32, bf16 = load_config("smoke"), load_config("smoke", precision="bf16")
     for cfg, expected in ((fp32, "no"), (bf16, "bf16"), (fp32, "no")):  # accelerate alone refuses the 2nd
-        assert Accelerator(cpu=True, mixed_precision=train_mod._mixed_precision(cfg)).mixed_precision == expected
+        train_mod.reset_accelerate_precision(cfg)
+        assert Accelerator(cpu=True, mixed_precision=expected).mixed_precision == expected

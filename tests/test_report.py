@@ -140,10 +140,11 @@ def _make_run(root: Path, names: dict[str, str]) -> str:
                 loss = base + (shift if role != "baseline" else 0.0) + 0.05 * rng.normal()
                 losses.append({"run": "fake", "stage": "train", "arm": arm, "set": subset, "example": i,
                                "tokens": 10 + i, "loss": loss})
-    # OpenLLM accuracies (percent) with standard errors: flat within 2 points
+    # OpenLLM accuracies as openllm_table writes them (fractions, lm-eval's standard errors): flat within 2 points
     write_csv(run / "eval" / "openllm.csv", [
-        {"stage": "train", "arm": names[role], "task": task, "acc": acc, "stderr": 0.3}
-        for task in ("arc", "mmlu") for role, acc in (("baseline", 40.0), ("neftune", 40.2))])
+        {"run": "fake", "stage": "train", "arm": names[role], "task": task, "num_fewshot": 0, "metric": "acc",
+         "value": acc, "stderr": 0.003, "n": 1000, "limit": None}
+        for task in ("arc", "mmlu") for role, acc in (("baseline", 0.400), ("neftune", 0.402))])
     write_csv(run / "train" / "summary.csv", summary)
     write_csv(run / "eval" / "winrates.csv", table)
     write_csv(run / "analysis" / "example_losses.csv", losses)
@@ -166,7 +167,7 @@ def test_report_verdicts_from_results(tmp_path, monkeypatch, names):
     assert verdicts["length_diversity"] == HELD and verdicts["gaussian"] == HELD
     assert verdicts["qlora"] == NOT_MEASURED  # no QLoRA stage in this run
     assert verdicts["chat_gain"] == NOT_MEASURED  # tiny-random is not a chat model
-    assert verdicts["openllm_flat"] == HELD  # eval/openllm.csv: (stage, arm, task, acc, stderr)
+    assert verdicts["openllm_flat"] == HELD  # eval/openllm.csv: (stage, arm, task, value, stderr)
     assert tables["claims"].set_index("claim_id")["published_verdict"]["win_rate_up"] == NOT_MEASURED
     assert names["neftune"] in tables["claims"].set_index("claim_id")["arms"]["win_rate_up"]
 

@@ -1,7 +1,14 @@
+"""Training through transformers' Trainer: logs, determinism, resume, precisions, padding-free batches, memory."""
+import gc
+import json
+import math
+import weakref
+
 import pandas as pd
 import pytest
 import torch
 
+import neftlib.batching as batching
 import neftlib.train as train_mod
 from neftlib.config import load_config, qlora_config
 from neftlib.data import load_instructions, tokenize_rows
@@ -15,60 +22,103 @@ def examples(tokenizer):
 
 
 def _cfg(**kw):
-    return load_config("smoke", max_steps=6, save_every=2, batch_size=4, **kw)
+    return load_config("smoke", **{"max_steps": 6, "save_every": 2, "batch_size": 4, **kw})
 
 
-def _run(cfg, arm, examples, out, tokenizer):
+def _run(cfg, arm, examples, out, tokenizer, **kw):
     return train(cfg, cfg.for_arm(arm), examples, out, pad_id=tokenizer.pad_token_id, progress=False,
-                 loss_examples={"train_nonoise": examples[:8]})
+                 loss_examples={"train_nonoise": examples[:8]}, **kw)
+
+
+def _log(folder) -> pd.DataFrame:
+    return pd.read_csv(folder / "log.csv")
+
+
+LOG_COLUMNS = ["run", "arm", "step", "loss", "lr", "grad_norm", "tokens_per_s", "noise_ratio", "step_s", "cpu_s"]
 
 
 def test_loss_falls_and_run_is_recorded(tmp_path, examples, tokenizer):
     summary = _run(_cfg(), "neftune", examples, tmp_path / "a", tokenizer)
-    log = pd.read_csv(tmp_path / "a" / "log.csv")
-    assert list(log["step"]) == [1, 2, 3, 4, 5, 6]
+    log = _log(tmp_path / "a")
+    assert list(log.columns) == LOG_COLUMNS and list(log["step"]) == [1, 2, 3, 4, 5, 6]
     assert log["loss"].iloc[-1] < log["loss"].iloc[0]
-    assert {"lr", "grad_norm", "tokens_per_s", "noise_ratio"} <= set(log.columns)
     assert (log["noise_ratio"] > 0).all() and (log["tokens_per_s"] > 0).all()
+    # tokens are non-pad tokens: 6 batches of 4 examples, each counted once
+    sampler = batching.EpochSampler([len(e["input_ids"]) for e in examples], 4, 0, True)
+    per_step = [sum(len(examples[i]["input_ids"]) for i in b) for b in sampler.batches()]
+    assert (log["tokens_per_s"] * log["step_s"]).round(3).tolist() == pytest.approx(per_step)
     assert summary["train_nonoise_loss"] > 0 and (tmp_path / "a" / "model").is_dir()
-    assert not list((tmp_path / "a").glob("checkpoint-*"))  # removed once the arm is done
+    assert summary["steps"] == 6 and summary["effective_batch"] == 4 and summary["world_size"] == 1
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["DONE.json", "log.csv", "model", "summary.json"]
 
 
 def test_same_seed_same_numbers(tmp_path, examples, tokenizer):
     a = _run(_cfg(), "neftune", examples, tmp_path / "a", tokenizer)
     b = _run(_cfg(), "neftune", examples, tmp_path / "b", tokenizer)
-    la, lb = pd.read_csv(tmp_path / "a" / "log.csv"), pd.read_csv(tmp_path / "b" / "log.csv")
-    assert la["loss"].tolist() == lb["loss"].tolist()
-    assert a["train_nonoise_loss"] == b["train_nonoise_loss"]
+    assert _log(tmp_path / "a")["loss"].tolist() == _log(tmp_path / "b")["loss"].tolist()
+    assert a["train_nonoise_loss"] == b["train_nonoise_loss"] and a["noise_rng_sha256"] == b["noise_rng_sha256"]
     c = _run(_cfg(seed=1), "neftune", examples, tmp_path / "c", tokenizer)
     assert c["final_loss"] != a["final_loss"]
 
 
-def test_baseline_has_no_noise(tmp_path, examples, tokenizer):
-    _run(_cfg(), "baseline", examples, tmp_path / "base", tokenizer)
-    assert (pd.read_csv(tmp_path / "base" / "log.csv")["noise_ratio"] == 0).all()
+def test_arms_differ_only_in_the_noise(tmp_path, examples, tokenizer):
+    """Baseline draws no noise; NEFTune and the Gaussian control see the same data from the same start."""
+    base = _run(_cfg(), "baseline", examples, tmp_path / "base", tokenizer)
+    gauss = _run(_cfg(), "gaussian", examples, tmp_path / "gauss", tokenizer)
+    assert (_log(tmp_path / "base")["noise_ratio"] == 0).all()
+    assert (_log(tmp_path / "gauss")["noise_ratio"] > 0).all()
+    # same batches: the same real tokens per step
+    tokens = [(_log(tmp_path / d)["tokens_per_s"] * _log(tmp_path / d)["step_s"]).round(6).tolist()
+              for d in ("base", "gauss")]
+    assert tokens[0] == tokens[1] and base["final_loss"] != gauss["final_loss"]
 
 
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, examples, tokenizer, monkeypatch):
     full = _run(_cfg(), "neftune", examples, tmp_path / "full", tokenizer)
     calls = {"n": 0}
-    real_collate = train_mod.collate
+    real_collate = batching.collate
 
     def dying_collate(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 5:  # in step 5, after the checkpoint at step 4
+        if calls["n"] == 6:  # fetching step 5's batch, after the checkpoint of step 4
             raise KeyboardInterrupt("simulated kill")
         return real_collate(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "collate", dying_collate)
+    monkeypatch.setattr(batching, "collate", dying_collate)
     with pytest.raises(KeyboardInterrupt):
         _run(_cfg(), "neftune", examples, tmp_path / "cut", tokenizer)
+    ckpt = tmp_path / "cut" / "checkpoint-4"
     assert [p.name for p in (tmp_path / "cut").glob("checkpoint-*")] == ["checkpoint-4"]
-    monkeypatch.setattr(train_mod, "collate", real_collate)
+    assert (ckpt / "noise_rng_state_0.pth").exists()  # the noise stream is part of the checkpoint
+    assert len(json.loads((ckpt / "neftlib_state.json").read_text())["log"]) == 4
+    monkeypatch.setattr(batching, "collate", real_collate)
     resumed = _run(_cfg(), "neftune", examples, tmp_path / "cut", tokenizer)
-    assert resumed["final_loss"] == full["final_loss"]
-    assert resumed["train_nonoise_loss"] == full["train_nonoise_loss"]
-    assert len(pd.read_csv(tmp_path / "cut" / "log.csv")) == 6
+    for key in ("final_loss", "train_nonoise_loss", "noise_rng_sha256"):
+        assert resumed[key] == full[key], key
+    pd.testing.assert_frame_equal(_log(tmp_path / "cut")[["step", "loss", "lr", "grad_norm", "noise_ratio"]],
+                                  _log(tmp_path / "full")[["step", "loss", "lr", "grad_norm", "noise_ratio"]])
+
+
+def test_resume_across_epochs_sees_the_same_data(tmp_path, examples, tokenizer, monkeypatch):
+    """Killed in the second epoch: the resumed run draws that epoch's order exactly as the first run did."""
+    cfg = _cfg(max_steps=12, save_every=7)  # 22 examples in 6 batches: two epochs
+    full = _run(cfg, "neftune", examples, tmp_path / "full", tokenizer)
+    real_collate, calls = batching.collate, {"n": 0}
+
+    def dying_collate(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 10:  # step 9 of 12
+            raise KeyboardInterrupt("simulated kill")
+        return real_collate(*args, **kwargs)
+
+    monkeypatch.setattr(batching, "collate", dying_collate)
+    with pytest.raises(KeyboardInterrupt):
+        _run(cfg, "neftune", examples, tmp_path / "cut", tokenizer)
+    assert [p.name for p in (tmp_path / "cut").glob("checkpoint-*")] == ["checkpoint-7"]
+    monkeypatch.setattr(batching, "collate", real_collate)
+    resumed = _run(cfg, "neftune", examples, tmp_path / "cut", tokenizer)
+    assert resumed["final_loss"] == full["final_loss"] and resumed["steps"] == 12
+    assert _log(tmp_path / "cut")["loss"].tolist() == _log(tmp_path / "full")["loss"].tolist()
 
 
 def test_qlora_trains_only_adapters_on_a_4bit_base(tmp_path, examples, tokenizer):
@@ -77,6 +127,116 @@ def test_qlora_trains_only_adapters_on_a_4bit_base(tmp_path, examples, tokenizer
     assert 0 < summary["trainable_params"] < summary["total_params"] / 10
     model = train_mod.load_trained(cfg, tmp_path / "q")
     assert any("Linear4bit" in type(m).__name__ for m in model.modules())
+
+
+@pytest.mark.parametrize("settings", [
+    dict(precision="bf16"), dict(precision="fp16"), dict(gradient_checkpointing=True),
+    dict(method="qlora", precision="bf16", gradient_checkpointing=True),
+    dict(method="qlora", precision="fp16", gradient_checkpointing=True),
+    dict(method="lora", precision="fp16", gradient_checkpointing=True),
+], ids=["bf16", "fp16", "checkpointing", "qlora-bf16-checkpointing", "qlora-fp16-checkpointing",
+        "lora-fp16-checkpointing"])
+def test_precisions_checkpointing_and_4bit_alone_and_together(tmp_path, examples, tokenizer, settings):
+    cfg = _cfg(max_steps=3, save_every=100, lora_r=8, **settings)
+    summary = _run(cfg, "neftune", examples, tmp_path / "p", tokenizer)
+    log = _log(tmp_path / "p")
+    assert len(log) == 3 and log["loss"].map(math.isfinite).all() and (log["noise_ratio"] > 0).all()
+    assert math.isfinite(summary["train_nonoise_loss"])
+
+
+def test_gradient_checkpointing_keeps_our_use_reentrant_choice(tmp_path, examples, tokenizer, monkeypatch):
+    """QLoRA with checkpointing: every layer is checkpointed non-reentrant (peft would pick its own)."""
+    import transformers.modeling_utils as mu
+
+    seen, real = [], mu.checkpoint
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("use_reentrant"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mu, "checkpoint", spy)
+    cfg = qlora_config(_cfg(max_steps=1, save_every=100, gradient_checkpointing=True))
+    train(cfg, cfg.for_arm("neftune"), examples, tmp_path / "gc", pad_id=tokenizer.pad_token_id, progress=False)
+    assert len(seen) >= 2 and set(seen) == {False}  # both layers of the tiny model, in the one step
+
+
+def test_padding_free_batches_match_padded_ones(tmp_path, examples, tokenizer, monkeypatch):
+    """The same batches concatenated without pads give the padded batches' losses; each segment gets noise
+    scaled by its own length (so a segment's mean squared noise norm is alpha^2 / 3 whatever its length)."""
+    padded = _run(_cfg(max_steps=3, save_every=100, group_by_length=False), "baseline", examples, tmp_path / "pad",
+                  tokenizer)
+    flat = _run(_cfg(max_steps=3, save_every=100, padding_free=True), "baseline", examples, tmp_path / "flat",
+                tokenizer)
+    assert _log(tmp_path / "flat")["loss"].tolist() == pytest.approx(_log(tmp_path / "pad")["loss"].tolist(), rel=1e-4)
+    assert flat["train_nonoise_loss"] == pytest.approx(padded["train_nonoise_loss"], rel=1e-5)
+    assert (_log(tmp_path / "flat")["tokens_per_s"] * _log(tmp_path / "flat")["step_s"]).sum() == pytest.approx(
+        (_log(tmp_path / "pad")["tokens_per_s"] * _log(tmp_path / "pad")["step_s"]).sum())
+
+    from neftlib.noise import add_neftune_noise
+
+    batch = batching.flat_collator()(examples[:8])
+    assert "attention_mask" not in batch and batch["input_ids"].shape[0] == 1
+    pos = batch["position_ids"]
+    starts = (pos[0] == 0).nonzero().flatten().tolist() + [pos.shape[1]]
+    alpha, d, draws = 5.0, 64, 400
+    gen = torch.Generator().manual_seed(0)
+    zeros = torch.zeros(1, pos.shape[1], d)
+    sq = torch.stack([(add_neftune_noise(zeros, None, alpha, position_ids=pos, generator=gen)[0] ** 2).sum(-1)
+                      for _ in range(draws)])
+    for s, e in zip(starts, starts[1:]):
+        # E||noise||^2 = alpha^2/3 per segment; sd of the mean over 400 draws is < 2% of it
+        assert sq[:, s:e].sum(1).mean().item() == pytest.approx(alpha**2 / 3, rel=0.06), (s, e)
+
+
+def test_logging_steps_rows_and_tensorboard_events(tmp_path, examples, tokenizer):
+    pytest.importorskip("tensorboard")
+    cfg = _cfg(logging_steps=2, report_to="tensorboard")
+    _run(cfg, "neftune", examples, tmp_path / "tb", tokenizer)
+    log = _log(tmp_path / "tb")
+    assert list(log["step"]) == [2, 4, 6] and (log["noise_ratio"] > 0).all()
+    assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+
+
+def test_an_arm_lets_go_of_its_model_and_deterministic_mode(tmp_path, examples, tokenizer, monkeypatch):
+    """After train() returns nothing holds the arm's model (accelerate's prepare makes it refer to itself),
+    and deterministic kernels were on for training only."""
+    refs, modes, real = [], [], train_mod.load_model
+
+    def load_and_watch(*args, **kwargs):
+        model = real(*args, **kwargs)
+        refs.append(weakref.ref(model))
+        model.register_forward_hook(lambda *a: modes.append(torch.are_deterministic_algorithms_enabled()))
+        return model
+
+    monkeypatch.setattr(train_mod, "load_model", load_and_watch)
+    before = torch.are_deterministic_algorithms_enabled()
+    _run(_cfg(max_steps=2, save_every=100), "neftune", examples, tmp_path / "m", tokenizer)
+    gc.collect()
+    assert refs and refs[0]() is None
+    assert modes and all(modes[:2]) and torch.are_deterministic_algorithms_enabled() == before
+
+
+def test_effective_batch_sets_grad_accum_or_is_refused():
+    cfg = load_config("smoke", effective_batch=16, batch_size=4)
+    assert cfg.grad_accum_for(1) == 4 and cfg.grad_accum_for(2) == 2 and cfg.grad_accum_for(4) == 1
+    with pytest.raises(ValueError, match=r"effective_batch=16 cannot be reached with batch_size=4 on 3 process"):
+        cfg.grad_accum_for(3)
+    with pytest.raises(ValueError, match="either effective_batch .* or grad_accum"):
+        load_config("smoke", effective_batch=16, grad_accum=2)
+    gpu = load_config("gpu-7b")
+    assert gpu.effective_batch == 128 and gpu.grad_accum_for(1) == 32 and gpu.grad_accum_for(8) == 4
+
+
+def test_grad_accum_steps_the_optimizer_once_per_two_micro_batches(tmp_path, examples, tokenizer):
+    """Accumulation 2: each logged step holds the real tokens of two consecutive batches of the seeded order."""
+    summary = _run(_cfg(max_steps=3, save_every=100, grad_accum=2, group_by_length=False), "neftune", examples,
+                   tmp_path / "acc", tokenizer)
+    log = _log(tmp_path / "acc")
+    assert summary["effective_batch"] == 8 and list(log["step"]) == [1, 2, 3]
+    lengths = [len(e["input_ids"]) for e in examples]
+    batches = batching.EpochSampler(lengths, 4, 0, False).batches()
+    expected = [sum(lengths[i] for b in batches[2 * k:2 * k + 2] for i in b) for k in range(3)]
+    assert (log["tokens_per_s"] * log["step_s"]).round(3).tolist() == pytest.approx(expected)
 
 
 def test_clear_errors_before_training(tmp_path, examples, tokenizer):
@@ -88,6 +248,6 @@ def test_clear_errors_before_training(tmp_path, examples, tokenizer):
 
 def test_corrupted_checkpoint_is_named(tmp_path, examples, tokenizer):
     (tmp_path / "c" / "checkpoint-2").mkdir(parents=True)
-    (tmp_path / "c" / "checkpoint-2" / "state.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="checkpoint-2/state.pt is unreadable.*Delete"):
+    (tmp_path / "c" / "checkpoint-2" / "neftlib_state.json").write_text("not a checkpoint")
+    with pytest.raises(RuntimeError, match="checkpoint-2 is unreadable.*Delete"):
         _run(_cfg(), "baseline", examples, tmp_path / "c", tokenizer)

@@ -1,0 +1,132 @@
+"""Peak training memory from a model's config alone (weights, gradients, optimizer, activations), and the
+check that refuses a run before anything is loaded when it clearly cannot fit."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from neftlib.config import RunConfig
+from neftlib.models import DTYPES, model_config
+
+GiB = 2**30
+# Bytes per parameter of a bitsandbytes NF4 linear layer with double quantization: 4 bits, plus one fp8
+# absmax per 64 weights and an fp32 constant per 256 of those (QLoRA paper, section 3).
+NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
+# Activation elements kept for the backward pass, per token and decoder layer, in units of the hidden
+# size: the inputs of both norms and of q/k/v/o (6 h) and the gated MLP's four tensors (4 x intermediate).
+# SDPA keeps no attention matrix, only its output and log-sum-exp.
+ATTN_KEPT = 6
+MLP_KEPT = 4
+CUDA_CONTEXT = int(0.6 * GiB)  # CUDA context, cuBLAS workspace and allocator slack, measured order of magnitude
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Peak bytes of one training process, by part."""
+
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    logits: int
+    overhead: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations + self.logits + self.overhead
+
+    def as_gib(self) -> dict[str, float]:
+        """Each part and the total in GiB, for printing."""
+        return {k: round(v / GiB, 3) for k, v in {**asdict(self), "total": self.total}.items()}
+
+
+def _model_shape(cfg: RunConfig):
+    from transformers import AutoModelForCausalLM
+
+    config = model_config(cfg.model)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return config, model
+
+
+def _lora_params(model, cfg: RunConfig) -> tuple[int, int]:
+    """(LoRA adapter parameters, parameters of the linear layers that get them)."""
+    targets = set(cfg.lora_targets)
+    adapters = linear = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets:
+            adapters += cfg.lora_r * (module.in_features + module.out_features)
+            linear += module.weight.numel()
+    return adapters, linear
+
+
+def estimate_memory(cfg: RunConfig, *, world: int = 1, sharded: bool = False, cuda: bool = False) -> MemoryEstimate:
+    """Peak memory of one process training `cfg` (at max_length, the worst case), from the config alone.
+
+    `sharded`: FSDP full-shard over `world` processes (weights, optimizer and, without accumulation,
+    gradients split; under gradient accumulation FSDP keeps each micro-batch's gradients unsharded).
+    """
+    config, model = _model_shape(cfg)
+    n = sum(p.numel() for p in model.parameters())
+    compute_bytes = DTYPES[cfg.precision].itemsize
+    hidden = config.hidden_size
+    layers = config.num_hidden_layers
+    inter = getattr(config, "intermediate_size", 4 * hidden)
+    if cfg.method == "full":
+        # fp32 master weights and gradients, AdamW's two fp32 moments, whatever the compute precision
+        weights, trainable, grads = 4 * n, n, 4 * n
+    else:
+        adapters, linear = _lora_params(model, cfg)
+        if cfg.method == "qlora":
+            # prepare_model_for_kbit_training casts what is not quantized (embeddings, head, norms) to fp32
+            weights = int(linear * NF4_BYTES) + 4 * (n - linear)
+        else:
+            weights = compute_bytes * n
+        weights += 4 * adapters  # peft keeps adapters in fp32
+        trainable, grads = adapters, 4 * adapters
+    optimizer = 8 * trainable
+    shards = world if sharded else 1
+    if sharded:
+        weights, optimizer = weights // shards, optimizer // shards
+        if cfg.grad_accum_for(world) == 1:
+            grads //= shards
+    tokens = cfg.batch_size * cfg.max_length
+    per_layer = (ATTN_KEPT * hidden + MLP_KEPT * inter) * compute_bytes
+    if cfg.gradient_checkpointing:
+        # only each layer's input is kept; one layer's activations exist again during its recompute
+        activations = tokens * (layers * hidden * compute_bytes + per_layer)
+    else:
+        activations = tokens * layers * per_layer
+    # fp32 logits, their softmax and its gradient over the vocabulary
+    logits = 3 * tokens * config.vocab_size * 4
+    return MemoryEstimate(weights=int(weights), gradients=int(grads), optimizer=int(optimizer),
+                          activations=int(activations), logits=int(logits), overhead=CUDA_CONTEXT if cuda else 0)
+
+
+def available_bytes(device: torch.device | None = None) -> tuple[int, str]:
+    """Memory a new run can use: free GPU memory plus what PyTorch's caching allocator holds unused, or free RAM."""
+    import psutil
+
+    if torch.cuda.is_available():
+        # This rank's own GPU: asking the default one would open a context on GPU 0 from every rank.
+        index = device if device is not None and device.type == "cuda" else None
+        free = torch.cuda.mem_get_info(index)[0]
+        cached = torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index)
+        return free + cached, "GPU"
+    return psutil.virtual_memory().available, "RAM"
+
+
+def check_fits(cfg: RunConfig, device: torch.device | None = None, *, world: int = 1, sharded: bool = False) -> None:
+    """Refuse before loading anything when the run clearly cannot fit this process's memory."""
+    estimate = estimate_memory(cfg, world=world, sharded=sharded, cuda=torch.cuda.is_available())
+    have, where = available_bytes(device)
+    if estimate.total > have:
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in estimate.as_gib().items() if k != "total")
+        raise MemoryError(
+            f"model {cfg.model!r} with method={cfg.method!r}, batch_size={cfg.batch_size}, max_length={cfg.max_length} "
+            f"needs about {estimate.total / GiB:.1f} GiB to train ({parts} GiB); {where} has {have / GiB:.1f} GiB "
+            "free. Use method='qlora' or 'lora', gradient_checkpointing=True, a smaller batch_size (effective_batch "
+            "keeps the batch the optimizer sees), a bigger device, or FSDP over several GPUs "
+            "(configs/accelerate/fsdp_7b.yaml)."
+        )
