@@ -28,8 +28,8 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(PROJ)}
 
 
-def _holder(folder: Path, seconds: float = 60) -> subprocess.Popen:
-    """A second process that takes the folder's lock and keeps it for `seconds`."""
+def _holder(folder: Path, seconds: float = 900) -> subprocess.Popen:
+    """A second process that takes the folder's lock and keeps it for `seconds` (the test kills it sooner)."""
     proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), str(seconds)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=_env())
     line = proc.stdout.readline()
@@ -70,14 +70,22 @@ def test_second_command_refused_naming_the_first_then_stale_lock_replaced(result
 
 def test_two_at_once_exactly_one_wins(results: Path) -> None:
     folder = results / "race"
-    procs = [subprocess.Popen([sys.executable, "-c", HOLD, str(folder), "3"], stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, "-c", HOLD, str(folder), "900"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=_env()) for _ in range(2)]
-    outs = [p.communicate(timeout=60) for p in procs]
-    won = [i for i, (out, _) in enumerate(outs) if out.strip() == "held"]
-    assert len(won) == 1, outs
-    loser = 1 - won[0]
-    assert procs[loser].returncode != 0
-    assert f"process {procs[won[0]].pid}" in outs[loser][1] and "RunLockedError" in outs[loser][1]
+    try:
+        deadline = time.monotonic() + 180
+        while all(p.poll() is None for p in procs):  # the loser exits; the winner holds until killed
+            assert time.monotonic() < deadline, "both processes hold the lock"
+            time.sleep(0.1)
+        loser = next(p for p in procs if p.poll() is not None)
+        winner = next(p for p in procs if p is not loser)
+        assert winner.poll() is None and winner.stdout.readline().strip() == "held"
+        err = loser.stderr.read()
+        assert loser.returncode != 0 and "RunLockedError" in err and f"process {winner.pid}" in err, err
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
 
 
 def test_child_of_the_holder_goes_on(results: Path) -> None:
