@@ -9,7 +9,10 @@ from pathlib import Path
 
 from neftlib.profiles import PROFILES
 
-WINRATE_KEYS = ("win_rate", "standard_error", "n_wins", "n_wins_base", "n_draws", "n_total", "avg_length")
+# win_rate counts votes as alpaca_eval does (100 * (n_wins + n_draws / 2) / n_total); win_rate_soft averages
+# the preferences (probabilities, where the annotations hold them: neftlib's preference_soft).
+WINRATE_KEYS = ("win_rate", "standard_error", "n_wins", "n_wins_base", "n_draws", "n_total", "avg_length",
+                "win_rate_soft")
 
 
 def _parser() -> argparse.ArgumentParser:

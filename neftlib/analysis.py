@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from neftlib.claims import log_diversity_of, ngram_counts, paired_bootstrap
+from neftlib.claims import log_diversity_of, ngram_counts, paired_bootstrap, release_values
 from neftlib.config import RunConfig, stage_config
 from neftlib.data import IGNORE_INDEX
 from neftlib.evaluate import arm_outputs
 from neftlib.io import is_done, mark_done, read_json, write_csv
+from neftlib.length_arms import STAGE as LENGTH_STAGE
 from neftlib.models import load_tokenizer
 from neftlib.paths import data_dir
 from neftlib.stages import load_prepared, stage_dir, trained_arms
@@ -52,8 +53,9 @@ def overfitting_table(cfg: RunConfig, progress: bool = True) -> pd.DataFrame:
 
 
 def diversity_table(cfg: RunConfig) -> pd.DataFrame:
-    """Length, n-gram repetition and log-diversity of each arm's evaluation answers."""
-    folders = {f"{stage}-{arm}": stage_dir(cfg, "eval") / f"{stage}-{arm}" for stage, arm, _ in trained_arms(cfg)}
+    """Length, n-gram repetition and log-diversity of each arm's evaluation answers (length arms included)."""
+    labels = [f"{stage}-{arm}" for stage, arm, _ in trained_arms(cfg)] + [f"{LENGTH_STAGE}-{a}" for a in cfg.length_arms]
+    folders = {label: stage_dir(cfg, "eval") / label for label in labels}
     outputs = {label: [o["output"] for o in read_json(folder / "model_outputs.json")] for label, folder in folders.items()}
     rows = length_diversity_table(outputs, cfg.diversity_cutoff)
     for row in rows:
@@ -91,6 +93,9 @@ def published_table(run: str, seed: int = 0) -> pd.DataFrame:
                                                                           seed=seed)
         _, row["log_diversity_low"], row["log_diversity_high"] = paired_bootstrap(
             lambda i: log_diversity_of(counts[i]), len(texts), seed=seed)
+        release = release_values(texts, spec["cutoff"])  # the paper's Table 4 scale
+        _, row["log_diversity_release_low"], row["log_diversity_release_high"] = paired_bootstrap(
+            lambda i: np.nanmean(release[i]) if np.isfinite(release[i]).any() else np.nan, len(texts), seed=seed)
         annotations = folder / "annotations_alpaca_eval_gpt4.json"
         if annotations.exists():
             annotated = load_annotations(annotations)
@@ -152,12 +157,20 @@ def example_losses_table(cfg: RunConfig, progress: bool = True, stages: tuple[st
     return pd.DataFrame(rows, columns=["run", "stage", "arm", "set", "example", "tokens", "loss"])
 
 
-ANALYSIS_TABLES = ("overfitting", "diversity", "example_losses", "published_diversity")
+def _variance_components(cfg: RunConfig) -> pd.DataFrame:
+    from neftlib.run_variance import run_components  # reads the tables written just before it
+
+    return run_components(cfg.run_name).assign(run=cfg.run_name)
+
+
+ANALYSIS_TABLES = ("overfitting", "diversity", "example_losses", "published_diversity", "variance_components")
 
 
 def analyze_run(cfg: RunConfig, progress: bool = True) -> dict[str, pd.DataFrame]:
     """Every table, written to results/<run>/analysis/: overfitting.csv, diversity.csv, example_losses.csv
-    (per-example loss without noise) and published_diversity.csv (the paper's published answers).
+    (per-example loss without noise), published_diversity.csv (the paper's published answers),
+    variance_components.csv (the run's own spread between prompts and seeds, and the change it could detect)
+    and, when the profile has length arms, length_only.csv (neftlib.length_table).
 
     Each table is written atomically and kept: a rerun (or a run finished by an older version) only
     computes the tables that are missing.
@@ -165,9 +178,14 @@ def analyze_run(cfg: RunConfig, progress: bool = True) -> dict[str, pd.DataFrame
     out = stage_dir(cfg, "analysis")
     build = {"overfitting": lambda: overfitting_table(cfg, progress), "diversity": lambda: diversity_table(cfg),
              "example_losses": lambda: example_losses_table(cfg, progress),
-             "published_diversity": lambda: published_table(cfg.run_name, seed=cfg.seed)}
+             "published_diversity": lambda: published_table(cfg.run_name, seed=cfg.seed),
+             "variance_components": lambda: _variance_components(cfg)}
+    if cfg.length_arms:  # the paper's Table 5: length-only arms beside baseline and NEFTune, paired
+        from neftlib.length_table import length_only_table
+
+        build["length_only"] = lambda: length_only_table(cfg.run_name, cfg.diversity_cutoff, seed=cfg.seed)
     tables = {}
-    for name in ANALYSIS_TABLES:
+    for name in build:
         path = out / f"{name}.csv"
         if path.exists():
             tables[name] = pd.read_csv(path)
@@ -175,5 +193,5 @@ def analyze_run(cfg: RunConfig, progress: bool = True) -> dict[str, pd.DataFrame
         tables[name] = build[name]()
         write_csv(path, tables[name].to_dict("records"))
     if not is_done(out):
-        mark_done(out, tables=list(ANALYSIS_TABLES))
+        mark_done(out, tables=list(build))
     return tables

@@ -2,10 +2,10 @@
 
 Verdicts: "held" (the effect the paper reports, beyond noise), "not held" (the opposite effect beyond
 noise, or a difference where the paper reports none), "within noise" (the intervals cannot tell),
-"partly held" (one part of a two-part claim held), "not measured here". Win rates use each arm's
-bootstrap 95% interval, and a change counts only when the two intervals do not overlap; every other
-metric uses a paired bootstrap 95% interval of the difference (the same prompts or examples resampled
-for both arms). Everything is read from results/<run>/; nothing is retrained or regenerated.
+"partly held" (one part of a two-part claim held), "not measured here". Every metric, win rates included,
+uses a paired bootstrap 95% interval of the difference (the same prompts or examples resampled for both
+arms); a win rate's per-prompt values are the judge's discrete votes (eval/<stage>-<arm>/annotations.json).
+Everything is read from results/<run>/; nothing is retrained or regenerated.
 """
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from neftlib.pairwise import paired_win_rates
 from neftlib.paths import run_dir
-from neftlib.textstats import LOG_DIVERSITY_CAP, whitespace_tokens
+from neftlib.textstats import LOG_DIVERSITY_CAP, log_diversity_release_values, whitespace_tokens
 
 HELD, NOT_HELD, NOISE, PARTLY, NOT_MEASURED = "held", "not held", "within noise", "partly held", "not measured here"
 DIVERSITY_MARGIN = 0.10  # "unchanged" log-diversity: the difference's interval within +-10% of the baseline's value
@@ -111,6 +112,22 @@ def log_diversity_of(counts: np.ndarray) -> float:
     return -math.log(max(1.0 - diversity, math.exp(-LOG_DIVERSITY_CAP)))
 
 
+DIVERSITY_PART = "log-diversity (release code, per answer: the paper's Table 4 scale)"
+FORMULA_PART = "log-diversity, formula as written over the whole set"
+
+
+def release_values(outputs: Sequence[str], cutoff: int) -> np.ndarray:
+    """Per answer, the release-code log-diversity of its first `cutoff` whitespace tokens; NaN for an answer
+    shorter than the cutoff (dropped, as in textstats' table)."""
+    cut = [whitespace_tokens(t)[:cutoff] if len(whitespace_tokens(t)) >= cutoff else [] for t in outputs]
+    return np.array(log_diversity_release_values(cut), dtype=float)
+
+
+def _nanmean(values: np.ndarray) -> float:
+    kept = values[~np.isnan(values)]
+    return float(kept.mean()) if kept.size else math.nan
+
+
 # ---------- reading a run ----------
 
 def read_table(path: Path) -> pd.DataFrame | None:
@@ -144,7 +161,8 @@ def run_info(run: str) -> dict:
             "train_data": train, "other_data": other, "judge": judge, "seed": cfg.get("seed"),
             "scale": (f"{data.get('train_examples', '?')} training examples, {cfg.get('epochs')} epoch(s), "
                       f"max length {cfg.get('max_length')}, {data.get('eval_prompts', '?')} AlpacaEval prompts"),
-            "cutoff": cfg.get("diversity_cutoff", 50), "overlap_limit": cfg.get("overlap_limit")}
+            "cutoff": cfg.get("diversity_cutoff", 50), "overlap_limit": cfg.get("overlap_limit"),
+            "epochs": cfg.get("epochs")}
 
 
 def arm_table(run: str) -> pd.DataFrame:
@@ -159,7 +177,8 @@ def arm_table(run: str) -> pd.DataFrame:
                              "examples") if c in arms]]
     wins = read_table(folder / "eval" / "winrates.csv")
     if wins is not None:
-        keep = [c for c in ("win_rate", "ci_low", "ci_high", "avg_length") if c in wins]
+        keep = [c for c in ("win_rate", "win_rate_soft", "ci_low", "ci_high", "lc_win_rate_approx", "n_clipped",
+                            "avg_length") if c in wins]
         arms = arms.merge(wins[["stage", "arm", *keep]], how="left")
     over = read_table(folder / "analysis" / "overfitting.csv")
     if over is not None:
@@ -168,7 +187,9 @@ def arm_table(run: str) -> pd.DataFrame:
     div = read_table(folder / "analysis" / "diversity.csv")
     if div is not None:
         div = div.assign(stage=div["name"].str.split("-", n=1).str[0], arm=div["name"].str.split("-", n=1).str[1])
-        arms = arms.merge(div[["stage", "arm", "avg_chars", "rep_2", "rep_3", "rep_4", "log_diversity"]], how="left")
+        keep = [c for c in ("avg_chars", "avg_tokens", "rep_2", "rep_3", "rep_4", "log_diversity",
+                            "log_diversity_release") if c in div]
+        arms = arms.merge(div[["stage", "arm", *keep]], how="left")
     return arms
 
 
@@ -219,7 +240,7 @@ CLAIMS = {
     "length_diversity": "Longer answers with unchanged diversity",
     "gaussian": "Gaussian noise: longer answers without the gain",
 }
-WIN_BASIS = "each arm's bootstrap 95% interval; a change needs non-overlapping intervals"
+WIN_BASIS = "paired bootstrap 95% interval of the difference over the prompts judged for both arms (discrete votes)"
 PAIRED_BASIS = "paired bootstrap 95% interval of the difference"
 
 
@@ -228,7 +249,7 @@ def evidence_row(claim: str, part: str, stage: str, arms: tuple, verdict: str, n
     return {"claim_id": claim, "part": part, "stage": stage, "baseline_arm": arms[0], "treatment_arm": arms[1],
             **{k: values.get(k, math.nan) for k in ("baseline", "treatment", "difference", "low", "high",
                                                      "baseline_low", "baseline_high", "treatment_low",
-                                                     "treatment_high")},
+                                                     "treatment_high", "n_items")},
             "basis": values.get("basis", ""), "verdict": verdict, "note": note}
 
 
@@ -253,24 +274,39 @@ class RunEvidence:
         rows = _json(self.folder / "eval" / f"{stage}-{arm}" / f"{name}.json")
         return None if rows is None else [r["output"] for r in rows]
 
+    def _wins(self, stage: str, arm: str) -> np.ndarray | None:
+        from neftlib.winrate import prompt_win_values
+
+        path = self.folder / "eval" / f"{stage}-{arm}" / "annotations.json"
+        return prompt_win_values(path) if path.exists() else None
+
+    def _clipped(self, stage: str, pair: tuple) -> str:
+        """A note when the judge saw answers of these arms clipped to fit its context."""
+        if "n_clipped" not in self.arms:
+            return ""
+        rows = self.arms[(self.arms["stage"] == stage) & self.arms["arm"].isin(pair)]
+        n = int(rows["n_clipped"].fillna(0).sum())
+        return f"; the judge saw {n} of these arms' answers clipped to fit its context" if n else ""
+
     def win_rate(self, claim: str, stage: str, pair: tuple, expect: str = "higher", part: str = "win rate") -> dict:
         if None in pair:
             return unmeasured(claim, part, stage, pair, f"no such pair of arms in stage {stage!r}")
-        b, t = self._arm(stage, pair[0]), self._arm(stage, pair[1])
-        if b is None or t is None or "win_rate" not in b or pd.isna(b["win_rate"]) or pd.isna(t["win_rate"]):
-            return unmeasured(claim, part, stage, pair, "no win rates (eval/winrates.csv) for these arms")
-        verdict = interval_verdict((b["ci_low"], b["ci_high"]), (t["ci_low"], t["ci_high"]), expect)
-        return evidence_row(claim, part, stage, pair, verdict, f"judge: {self.info['judge']}", basis=WIN_BASIS,
-                            baseline=b["win_rate"], treatment=t["win_rate"],
-                            difference=t["win_rate"] - b["win_rate"], baseline_low=b["ci_low"],
-                            baseline_high=b["ci_high"], treatment_low=t["ci_low"], treatment_high=t["ci_high"])
+        values = [self._wins(stage, a) for a in pair]
+        if any(v is None for v in values) or len(values[0]) != len(values[1]):
+            return unmeasured(claim, part, stage, pair,
+                              "no per-prompt judgments (eval/<stage>-<arm>/annotations.json) for these arms")
+        w = paired_win_rates(values[0], values[1], self.n_boot, self.seed)
+        return evidence_row(claim, part, stage, pair, difference_verdict(w["low"], w["high"], expect),
+                            f"judge: {self.info['judge']}; {w['n']} prompts judged for both arms"
+                            + self._clipped(stage, pair), basis=WIN_BASIS,
+                            **{k: w[k] for k in ("baseline", "treatment", "difference", "low", "high")})
 
     def _paired(self, claim, part, stage, pair, stat_b, stat_t, n, verdict_of, n_boot=None) -> dict:
         point, low, high = paired_bootstrap(lambda i: stat_t(i) - stat_b(i), n, n_boot or self.n_boot, self.seed)
         everything = np.arange(n)
         return evidence_row(claim, part, stage, pair, verdict_of(low, high), f"{n} paired items",
                             basis=PAIRED_BASIS, baseline=stat_b(everything), treatment=stat_t(everything),
-                            difference=point, low=low, high=high)
+                            difference=point, low=low, high=high, n_items=n)
 
     def length(self, claim: str, stage: str, pair: tuple) -> dict:
         texts = [self._texts(stage, a) for a in pair] if None not in pair else [None]
@@ -281,19 +317,25 @@ class RunEvidence:
                             lambda i: lt[i].mean(), len(lb), lambda lo, hi: difference_verdict(lo, hi, "higher"))
 
     def diversity(self, claim: str, stage: str, pair: tuple) -> dict:
-        part = f"log-diversity (answers cut at {self.info['cutoff']} words)"
+        """Log-diversity on the paper's scale (Table 4): the released per-answer code, averaged over the answers
+        that reach the cutoff; the formula as written over the whole set rides along in the note."""
+        cutoff = int(self.info["cutoff"])
+        part = f"{DIVERSITY_PART} (answers cut at {cutoff} words)"
         texts = [self._texts(stage, a) for a in pair] if None not in pair else [None]
         if any(t is None for t in texts) or len(texts[0]) != len(texts[1]):
             return unmeasured(claim, part, stage, pair, "no matching model_outputs.json")
-        cb, ct = (ngram_counts(t, int(self.info["cutoff"])) for t in texts)
-        if math.isnan(log_diversity_of(cb)) or math.isnan(log_diversity_of(ct)):
-            return unmeasured(claim, part, stage, pair, f"no answer of an arm reaches {self.info['cutoff']} words")
-        margin = DIVERSITY_MARGIN * abs(log_diversity_of(cb))
-        row = self._paired(claim, part, stage, pair, lambda i: log_diversity_of(cb[i]),
-                           lambda i: log_diversity_of(ct[i]), len(cb), lambda lo, hi: flat_verdict(lo, hi, margin))
+        vb, vt = (release_values(t, cutoff) for t in texts)
+        if np.isnan(vb).all() or np.isnan(vt).all():
+            return unmeasured(claim, part, stage, pair, f"no answer of an arm reaches {cutoff} words")
+        margin = DIVERSITY_MARGIN * abs(float(np.nanmean(vb)))
+        row = self._paired(claim, part, stage, pair, lambda i: _nanmean(vb[i]), lambda i: _nanmean(vt[i]), len(vb),
+                           lambda lo, hi: flat_verdict(lo, hi, margin))
         row["note"] += f"; 'unchanged' means within +-{margin:.3g} ({DIVERSITY_MARGIN:.0%} of the baseline)"
         if row["verdict"] == NOT_HELD:
             row["note"] += "; diversity " + ("rose, less repetition" if row["difference"] > 0 else "fell")
+        cb, ct = (ngram_counts(t, cutoff) for t in texts)
+        row["note"] += (f"; {FORMULA_PART} (not the paper's scale): {log_diversity_of(cb):.3g} -> "
+                        f"{log_diversity_of(ct):.3g}")
         return row
 
     def loss(self, claim: str, stage: str, pair: tuple, subset: str, expect: str, part: str) -> dict:

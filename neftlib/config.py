@@ -15,6 +15,7 @@ SCALINGS = ("per_example", "padded")
 PRECISIONS = ("fp32", "bf16", "fp16")
 PROMPT_FORMATS = ("alpaca", "vicuna", "chat")
 JUDGES = ("local", "openai", "none")
+OFFICIAL_JUDGES = ("", "alpaca_eval_gpt4")
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -77,7 +78,9 @@ class RunConfig:
     repetition_penalty: float = 1.2  # the paper's decoding
     judge: str = "local"  # "local" (a transformers model, from the log-probs of its two choices), "openai" (NEFTLIB_JUDGE_* endpoint, e.g. GPT-4) or "none" (answers only: no win rate)
     judge_model: str = ""  # judge model; empty means the run's base model (local) or NEFTLIB_JUDGE_MODEL (openai)
+    official_judge: str = ""  # "" (off: never paid for unasked) or "alpaca_eval_gpt4": 04 also hands every arm to alpaca_eval's GPT-4 judge, as the paper (paid; needs alpaca-eval and OPENAI_API_KEY or NEFTLIB_JUDGE_API_KEY; arms judged before are read back, never paid twice)
     agreement_pairs: int = 0  # published GPT-4-judged pairs per model on which the judge's agreement is measured (0 = skip)
+    length_arms: tuple[str, ...] = ()  # the paper's Table 5: arms of the baseline model at generation time, no training: "prompt-long", "prompt-comprehensive", "prompt-long-comprehensive" (its meta-prompt after the instruction), "min-new-tokens" (EOS blocked until 250 of 1,024 tokens, scaled to gen_max_new_tokens); see length_arms.py
     overlap_limit: int = 16  # training prompts answered for ROUGE-L / BLEU (05)
     diversity_cutoff: int = 50  # whitespace tokens for the repetition / diversity table (paper: 50 for Alpaca)
     openllm_tasks: str = ""  # lm-eval tasks scored per arm in 04: "" skips, "openllm-v1" (ARC 25-shot, HellaSwag 10, MMLU 5, TruthfulQA 0), or "task:shots,..."
@@ -89,6 +92,7 @@ class RunConfig:
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("prompt_format", self.prompt_format, PROMPT_FORMATS)
         _check_choice("judge", self.judge, JUDGES)
+        _check_choice("official_judge", self.official_judge, OFFICIAL_JUDGES)
         from neftlib.openllm import parse_tasks
 
         parse_tasks(self.openllm_tasks)  # a malformed task list fails here, not after training
@@ -124,6 +128,10 @@ class RunConfig:
                 dataclasses.replace(self, qlora={}, **self.qlora)  # a bad QLoRA setting fails now, not at 03
             except TypeError as err:
                 raise ValueError(f"qlora={self.qlora!r}: {err}") from None
+        if self.length_arms:
+            from neftlib.length_arms import check_length_arms
+
+            check_length_arms(self)
 
     @property
     def run_name(self) -> str:
@@ -253,7 +261,7 @@ def stage_config(cfg: RunConfig, stage: str) -> tuple[RunConfig, tuple[str, ...]
 def config_from_json(path: Path) -> RunConfig:
     """The config an earlier run saved; a ValueError naming the file when it no longer fits RunConfig."""
     data = json.loads(Path(path).read_text())
-    for key in ("lora_targets", "arms", "qlora_arms"):
+    for key in ("lora_targets", "arms", "qlora_arms", "length_arms"):
         if isinstance(data.get(key), list):
             data[key] = tuple(data[key])
     try:

@@ -14,7 +14,8 @@ import numpy as np  # noqa: E402
 
 from neftlib.claims import arm_table, paired_bootstrap, pick_roles, read_table, run_info  # noqa: E402
 from neftlib.io import read_json  # noqa: E402
-from neftlib.paper import FIGURE1  # noqa: E402
+from neftlib.paper import FIGURE1, cell  # noqa: E402
+from neftlib.paper_rows import T4  # noqa: E402
 from neftlib.paths import figures_dir, run_dir  # noqa: E402
 from neftlib.textstats import bleu  # noqa: E402
 
@@ -98,14 +99,16 @@ def win_rates(run: str, judge: str | None = None):
     frame = frame.merge(
         _labelled_arms(run)[["stage", "arm", "label", "stage_name"]], how="left")
     frame["label"] = frame["label"].fillna(frame["arm"])
-    frame["stage_name"] = frame["stage_name"].fillna(frame["stage"])
+    frame["stage_name"] = frame["stage_name"].fillna(frame["stage"].replace({"length": "length-only (baseline model)"}))
     order, hues = _order(frame, "stage_name"), _order(frame, "label")
     fig, ax = plt.subplots(figsize=(max(6.5, 1.5 * len(frame)), 4))
     sns.barplot(frame, x="stage_name", y="win_rate", hue="label", order=order, hue_order=hues, ax=ax)
     _interval_bars(ax, frame, "stage_name", "label", order, hues, "win_rate", "ci_low", "ci_high")
     ax.axhline(50, color="grey", lw=0.8, ls=":")
-    ax.set(xlabel="", ylabel="win rate (%), 95% bootstrap interval", ylim=(0, 100))
-    ax.set_title(f"Win rate vs Text-Davinci-003 on AlpacaEval prompts\n{_about(info)}\njudge: {info['judge']}",
+    ax.set(xlabel="", ylabel="win rate (%, discrete votes), 95% bootstrap interval", ylim=(0, 100))
+    clipped = int(frame["n_clipped"].fillna(0).sum()) if "n_clipped" in frame else 0
+    note = f"; {clipped} answers clipped to fit its context" if clipped else ""
+    ax.set_title(f"Win rate vs Text-Davinci-003 on AlpacaEval prompts\n{_about(info)}\njudge: {info['judge']}{note}",
                  fontsize=9)
     ax.legend(title="arm", fontsize=8)
     _save(fig, run, "win_rates")
@@ -137,8 +140,14 @@ def lengths(run: str):
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
     sns.barplot(frame, x="name", y="avg_chars", ax=a)
     a.set(title=f"Average answer length (run {run})", xlabel="", ylabel="characters")
-    sns.barplot(frame, x="name", y="log_diversity", ax=b)
-    b.set(title=f"Log-diversity (answers cut at {int(frame['cutoff'].iloc[0])} words)", xlabel="")
+    # The release-code column is on the paper's scale (Table 4); tables written before it existed still draw.
+    column = "log_diversity_release" if "log_diversity_release" in frame else "log_diversity"
+    sns.barplot(frame, x="name", y=column, ax=b)
+    paper = (f"; paper, Table 4 (Alpaca): {cell(T4, 'log_diversity.LLaMA-2 7B', 'Alpaca (alpha=5)'):.2f} -> "
+             f"{cell(T4, 'log_diversity.+NEFT', 'Alpaca (alpha=5)'):.2f}") if column == "log_diversity_release" else ""
+    b.set(title=f"Log-diversity, release code (answers cut at {int(frame['cutoff'].iloc[0])} words{paper})"
+          if paper else f"Log-diversity, formula as written (answers cut at {int(frame['cutoff'].iloc[0])} words)",
+          xlabel="", ylabel="log-diversity")
     for ax in (a, b):
         ax.tick_params(axis="x", rotation=30)
     _save(fig, run, "length_diversity")
@@ -166,8 +175,8 @@ def figure1(run: str):
     else:
         b.text(0.5, 0.5, "published answers not available\n(NEFTLIB_DATA_DIR unset)", ha="center", va="center")
         b.set_axis_off()
-    ours = pd.read_csv(run_dir(run) / "eval" / "winrates.csv").merge(
-        _labelled_arms(run)[["stage", "arm", "label", "stage_name"]], how="left")
+    ours = pd.read_csv(run_dir(run) / "eval" / "winrates.csv").merge(  # trained arms only: the length arms are Table 5's
+        _labelled_arms(run)[["stage", "arm", "label", "stage_name"]], how="inner")
     order, hues = _order(ours, "stage_name"), _order(ours, "label")
     sns.barplot(ours, x="stage_name", y="win_rate", hue="label", order=order, hue_order=hues, ax=c)
     _interval_bars(c, ours, "stage_name", "label", order, hues, "win_rate", "ci_low", "ci_high")
@@ -252,8 +261,8 @@ def length_diversity_table(run: str):
     frame = pd.concat(frames, ignore_index=True)
     columns = {"source": "from", "name": "model / arm", "cutoff": "cut at (words)", "n_kept": "answers kept",
                "avg_chars": "avg chars", "avg_tokens": "avg words", "rep_2": "rep-2 %", "rep_3": "rep-3 %",
-               "rep_4": "rep-4 %", "log_diversity": "log-diversity",
-               "log_diversity_release": "log-div. (release code)"}
+               "rep_4": "rep-4 %", "log_diversity_release": "log-diversity (release code; paper's scale)",
+               "log_diversity": "log-div. (formula as written)"}
     # Tables written before the release-code column existed still draw.
     columns = {key: label for key, label in columns.items() if key in frame}
     cells = [[("-" if np.isnan(v) else f"{v:.2f}") if isinstance(v, float) else str(v) for v in row]

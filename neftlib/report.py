@@ -1,18 +1,25 @@
 """Stage 06: the paper's numbers beside ours, and a verdict per claim computed from results/<run>/ alone.
 
 Writes results/<run>/report/: paper_vs_ours.csv, claims.csv (one row per claim), claim_evidence.csv (one
-row per measured part, with its interval), arms.csv (every trained arm and its metrics) and summary.md.
-The verdict rules and intervals are in `neftlib.claims`; the paper's numbers in `neftlib.paper`.
+row per measured part, with its interval), arms.csv (every trained arm and its metrics), summary.md and,
+where the run has length-only arms, length_only.csv (them beside the paper's Table 5, neftlib.length_table).
+The verdict rules and intervals are in `neftlib.claims`; the paper's numbers in `neftlib.paper` (every table,
+set beside ours by `neftlib.paper_compare`); the smallest effect each verdict could have detected in
+`neftlib.detectable`.
 """
 from __future__ import annotations
 
 import pandas as pd
 
-from neftlib.claims import (CLAIMS, DIVERSITY_MARGIN, NOT_HELD, NOT_MEASURED, WIN_BASIS, RunEvidence, combine,
-                            evidence_row, flat_verdict, interval_verdict, is_chat_model, pick_roles, read_table,
-                            unmeasured)
+from neftlib.claims import (CLAIMS, DIVERSITY_MARGIN, DIVERSITY_PART, FORMULA_PART, NOISE, NOT_HELD, NOT_MEASURED,
+                            WIN_BASIS, RunEvidence, combine, difference_verdict, evidence_row, flat_verdict,
+                            interval_verdict, is_chat_model, pick_roles, read_table, unmeasured)
+from neftlib.detectable import add_detectable_effects, detectable_text
 from neftlib.io import mark_done, write_csv
-from neftlib.paper import FIGURE1, FIGURE1_SETTING, PAPER, STATEMENTS, paper_dataset
+from neftlib.length_table import length_only_report
+from neftlib.pairwise import published_win_rates
+from neftlib.paper import PAPER, STATEMENTS
+from neftlib.paper_compare import headline, paper_vs_ours
 from neftlib.paths import run_dir
 
 REPORT_TABLES = ("paper_vs_ours", "claims", "claim_evidence", "arms")
@@ -45,7 +52,17 @@ def our_evidence(ev: RunEvidence, roles: dict[str, dict] | None = None) -> list[
     return [{"scope": "ours", **p} for p in parts]
 
 
-def published_evidence(run: str) -> list[dict]:
+def published_win_row(claim: str, pair: str, models: tuple, n_boot: int = 2000, seed: int = 0) -> dict:
+    """The GPT-4 win rates of a published before/after pair, compared over the same 805 prompts (paired)."""
+    w = published_win_rates(models, n_boot, seed)
+    if w is None:
+        return unmeasured(claim, "GPT-4 win rate, published answers", pair, models, "published annotations not found")
+    return evidence_row(claim, "GPT-4 win rate, published answers", pair, models,
+                        difference_verdict(w["low"], w["high"]), f"{w['n']} prompts judged for both models",
+                        basis=WIN_BASIS, **{k: w[k] for k in ("baseline", "treatment", "difference", "low", "high")})
+
+
+def published_evidence(run: str, n_boot: int = 2000, seed: int = 0) -> list[dict]:
     """The same claims on the paper's published answers (analysis/published_diversity.csv), where they apply."""
     table = read_table(run_dir(run) / "analysis" / "published_diversity.csv")
     if table is None or "win_rate" not in table or not (table["status"] == "ok").all():
@@ -56,11 +73,7 @@ def published_evidence(run: str) -> list[dict]:
     for pair, claim in (("alpaca", "win_rate_up"), ("chat", "chat_gain")):
         b, t = (table[(table["pair"] == pair) & (table["arm"] == arm)].iloc[0] for arm in ("baseline", "neftune"))
         models = (b["model"], t["model"])
-        parts.append(evidence_row(claim, "GPT-4 win rate, published answers", pair, models,
-                                  interval_verdict((b["ci_low"], b["ci_high"]), (t["ci_low"], t["ci_high"])),
-                                  basis=WIN_BASIS, baseline=b["win_rate"], treatment=t["win_rate"],
-                                  difference=t["win_rate"] - b["win_rate"], baseline_low=b["ci_low"],
-                                  baseline_high=b["ci_high"], treatment_low=t["ci_low"], treatment_high=t["ci_high"]))
+        parts.append(published_win_row(claim, pair, models, n_boot, seed))
         parts.append(evidence_row("length_diversity", f"answer length (characters), {pair} pair", pair, models,
                                   interval_verdict((b["avg_chars_low"], b["avg_chars_high"]),
                                                    (t["avg_chars_low"], t["avg_chars_high"])),
@@ -69,33 +82,42 @@ def published_evidence(run: str) -> list[dict]:
                                   baseline_low=b["avg_chars_low"], baseline_high=b["avg_chars_high"],
                                   treatment_low=t["avg_chars_low"], treatment_high=t["avg_chars_high"]))
         # Different answers, not paired: the difference's interval is bounded by the two models' intervals.
-        low = t["log_diversity_low"] - b["log_diversity_high"]
-        high = t["log_diversity_high"] - b["log_diversity_low"]
-        margin = DIVERSITY_MARGIN * abs(b["log_diversity"])
-        verdict, diff = flat_verdict(low, high, margin), t["log_diversity"] - b["log_diversity"]
+        # Release-code log-diversity: the paper's Table 4 scale.
+        col = "log_diversity_release" if "log_diversity_release_low" in table else "log_diversity"
+        low = t[f"{col}_low"] - b[f"{col}_high"]
+        high = t[f"{col}_high"] - b[f"{col}_low"]
+        margin = DIVERSITY_MARGIN * abs(b[col])
+        verdict, diff = flat_verdict(low, high, margin), t[col] - b[col]
         moved = {NOT_HELD: "; diversity rose, less repetition" if diff > 0 else "; diversity fell"}.get(verdict, "")
-        parts.append(evidence_row("length_diversity", f"log-diversity (cut at {int(b['cutoff'])} words), {pair} pair",
+        label = DIVERSITY_PART if col == "log_diversity_release" else FORMULA_PART
+        parts.append(evidence_row("length_diversity", f"{label} (cut at {int(b['cutoff'])} words), {pair} pair",
                                   pair, models, verdict, f"'unchanged' means within +-{margin:.3g}{moved}",
                                   basis="difference bounded by each model's bootstrap 95% interval (conservative)",
-                                  baseline=b["log_diversity"], treatment=t["log_diversity"],
-                                  difference=diff, low=low, high=high))
+                                  baseline=b[col], treatment=t[col], difference=diff, low=low, high=high))
     return [{"scope": "published", **p} for p in parts]
 
 
 def _describe(r: pd.Series) -> str:
     if r["verdict"] == NOT_MEASURED:
         return f"{r['part']}: not measured ({r['note']})"
+    # a win rate from answers the judge saw clipped says so wherever it is shown
+    clipped = f" ({str(r['note']).split('; ')[-1]})" if "clipped to fit" in str(r["note"]) else ""
     if pd.notna(r["baseline_low"]):
-        return (f"{r['part']}: {r['baseline']:.4g} [{r['baseline_low']:.4g}, {r['baseline_high']:.4g}] -> "
+        text = (f"{r['part']}: {r['baseline']:.4g} [{r['baseline_low']:.4g}, {r['baseline_high']:.4g}] -> "
                 f"{r['treatment']:.4g} [{r['treatment_low']:.4g}, {r['treatment_high']:.4g}]: {r['verdict']}")
-    interval = f", 95% CI [{r['low']:.4g}, {r['high']:.4g}]" if pd.notna(r["low"]) else ""
-    moved = f" ({str(r['note']).split('; diversity ')[1]})" if "; diversity " in str(r["note"]) else ""
-    return (f"{r['part']}: {r['baseline']:.4g} -> {r['treatment']:.4g} "
-            f"(difference {r['difference']:+.4g}{interval}): {r['verdict']}{moved}")
+    else:
+        interval = f", 95% CI [{r['low']:.4g}, {r['high']:.4g}]" if pd.notna(r["low"]) else ""
+        moved = f" ({str(r['note']).split('; diversity ')[1].split(';')[0]})" if "; diversity " in str(r["note"]) else ""
+        text = (f"{r['part']}: {r['baseline']:.4g} -> {r['treatment']:.4g} "
+                f"(difference {r['difference']:+.4g}{interval}): {r['verdict']}{moved}")
+    if r["verdict"] == NOISE and pd.notna(r.get("detectable_effect")):
+        text += f" ({detectable_text(r['detectable_effect'])})"
+    return text + clipped
 
 
-def claims_table(evidence: pd.DataFrame, info: dict) -> pd.DataFrame:
-    """One row per claim: the paper's statement and setting, ours, our numbers, and the combined verdicts."""
+def claims_table(evidence: pd.DataFrame, info: dict, paper: pd.DataFrame) -> pd.DataFrame:
+    """One row per claim: the paper's statement, table and numbers, ours, our numbers, the combined verdicts,
+    and the smallest change each of our parts could have detected."""
     rows = []
     for claim, text in CLAIMS.items():
         ours = evidence[(evidence["claim_id"] == claim) & (evidence["scope"] == "ours")]
@@ -103,62 +125,35 @@ def claims_table(evidence: pd.DataFrame, info: dict) -> pd.DataFrame:
         source, setting, says = STATEMENTS[claim]
         arms = sorted({f"{r.stage}: {r.baseline_arm} -> {r.treatment_arm}" for r in ours.itertuples()
                        if r.baseline_arm and r.treatment_arm})
+        detectable = [f"{r['part']}: {r['detectable_effect']:.3g}" for _, r in ours.iterrows()
+                      if pd.notna(r["detectable_effect"])]
         rows.append({"claim_id": claim, "claim": text, "paper_says": says, "paper_source": f"{PAPER}, {source}",
+                     "paper_table": source.split(" (")[0], "paper_numbers": headline(paper, claim),
                      "paper_setting": setting,
                      "our_setting": f"{info['model']} ({info['method']}) on {info['train_data']}; {info['scale']}",
                      "arms": "; ".join(arms), "measured": "; ".join(_describe(r) for _, r in ours.iterrows()),
                      "verdict": combine(list(ours["verdict"])),
+                     "detectable_effect": "; ".join(detectable),
+                     "detectable_basis": "; ".join(sorted({str(b) for b in ours["detectable_basis"] if b})),
                      "published_measured": "; ".join(_describe(r) for _, r in pub.iterrows()),
                      "published_verdict": combine(list(pub["verdict"])) if len(pub) else NOT_MEASURED})
     return pd.DataFrame(rows)
 
 
-def paper_vs_ours(evidence: pd.DataFrame, info: dict) -> pd.DataFrame:
-    """The paper's numbers (Figure 1, its published answers) and statements beside our measurements,
-    with model, data, judge and scale on each side."""
-    ours_side = {"ours_model": f"{info['model']} ({info['method']})", "ours_data": info["train_data"],
-                 "ours_judge": info["judge"], "ours_scale": info["scale"]}
-
-    def ours(r: pd.Series) -> dict:
-        return {**ours_side, "ours_arms": f"{r['stage']}: {r['baseline_arm']} -> {r['treatment_arm']}",
-                "ours_before": r["baseline"], "ours_after": r["treatment"], "ours_difference": r["difference"],
-                "ours_interval": _describe(r).split(": ", 1)[1], "ours_verdict": r["verdict"]}
-
-    rows, matched = [], paper_dataset(info["train_data"])
-    win = evidence[(evidence["claim_id"] == "win_rate_up") & (evidence["scope"] == "ours")].iloc[0]
-    for name, (before, after) in FIGURE1.items():
-        row = {"topic": "AlpacaEval win rate", "metric": f"win rate (%), {name}",
-               "paper_source": FIGURE1_SETTING["source"],
-               "paper_model": FIGURE1_SETTING["model"], "paper_data": name, "paper_judge": FIGURE1_SETTING["judge"],
-               "paper_scale": FIGURE1_SETTING["scale"], "paper_before": before, "paper_after": after}
-        rows.append({**row, **(ours(win) if name == matched else {})})
-    if matched is None:
-        rows.append({"topic": "AlpacaEval win rate", "metric": "win rate (%), our data", **ours(win)})
-    for _, r in evidence[evidence["scope"] == "published"].iterrows():
-        if r["verdict"] == NOT_MEASURED:
-            rows.append({"topic": CLAIMS[r["claim_id"]], "metric": r["part"], "paper_statement": r["note"]})
-            continue
-        rows.append({"topic": CLAIMS[r["claim_id"]], "metric": r["part"],
-                     "paper_source": "AlpacaEval leaderboard files of the paper's models, recomputed here",
-                     "paper_model": f"{r['baseline_arm']} -> {r['treatment_arm']}",
-                     "paper_data": "AlpacaEval, 805 prompts",
-                     "paper_judge": "GPT-4 (alpaca_eval_gpt4)" if "win rate" in r["part"] else "",
-                     "paper_scale": "7B", "paper_before": r["baseline"], "paper_after": r["treatment"]})
-    for _, r in evidence[(evidence["scope"] == "ours") & (evidence["claim_id"] != "win_rate_up")].iterrows():
-        source, setting, says = STATEMENTS[r["claim_id"]]
-        rows.append({"topic": CLAIMS[r["claim_id"]], "metric": r["part"], "paper_source": source,
-                     "paper_model": setting, "paper_statement": says, **ours(r)})
-    return pd.DataFrame(rows)
-
-
 def summary_markdown(claims: pd.DataFrame, info: dict) -> str:
-    """The claims in a few lines of Markdown: which held at our scale and which did not."""
+    """The claims in a few lines of Markdown: which held at our scale and which did not, each beside the paper's
+    number from its table, and beside every 'within noise' the smallest change the run could have detected."""
     lines = [f"### Claims at our scale: {info['model']} ({info['method']}) on {info['train_data']}",
-             f"{info['scale']}; judge: {info['judge']}.", ""]
+             f"{info['scale']}; judge: {info['judge']}.",
+             "Beside every *within noise*: the smallest change this run could detect with 80% power at 95% "
+             "confidence, from its own variances" + (" (one training seed per arm: the seed's share is not measured "
+             "and taken as 0, so these are lower bounds)." if claims["detectable_basis"].str.contains(
+                 "one training seed").any() else "."), ""]
     for r in claims.itertuples():
         published = ("" if r.published_verdict == NOT_MEASURED
                      else f" (paper's published answers: {r.published_verdict})")
         lines.append(f"- **{r.claim}**: {r.verdict}{published}. {r.measured}")
+        lines.append(f"  - {r.paper_numbers}")
     counts = claims["verdict"].value_counts()
     lines += ["", "Verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + "."]
     return "\n".join(lines)
@@ -170,19 +165,27 @@ def build_report(run: str, roles: dict[str, dict] | None = None, n_boot: int = 2
     ev = RunEvidence(run, n_boot=n_boot, seed=seed)
     if ev.arms.empty:
         raise FileNotFoundError(f"{run_dir(run)} has no trained arms (train/summary.csv): run 01-05 first")
-    evidence = pd.DataFrame(our_evidence(ev, roles) + published_evidence(run))
-    tables = {"claims": claims_table(evidence, ev.info), "paper_vs_ours": paper_vs_ours(evidence, ev.info),
+    roles = roles or {stage: pick_roles(ev.arms, stage, ev.info["alpha"]) for stage in ("train", "qlora")}
+    evidence = pd.DataFrame(our_evidence(ev, roles) + published_evidence(run, n_boot, seed))
+    evidence = add_detectable_effects(evidence, ev.arms)
+    effects = read_table(run_dir(run) / "analysis" / "alpha_effects.csv")
+    paper = paper_vs_ours(evidence, ev.info, ev.arms, roles, effects)
+    tables = {"claims": claims_table(evidence, ev.info, paper), "paper_vs_ours": paper,
               "claim_evidence": evidence, "arms": ev.arms}
     out = run_dir(run) / "report"
     for name in REPORT_TABLES:
         write_csv(out / f"{name}.csv", tables[name].astype(object).where(tables[name].notna(), None).to_dict("records"))
     summary = summary_markdown(tables["claims"], ev.info)
-    effects = read_table(run_dir(run) / "analysis" / "alpha_effects.csv")
     if effects is not None:
         from neftlib.sweep import sweep_conclusion  # the sweep module pulls in the training stages
 
         conclusion = sweep_conclusion(effects)
         summary += f"\n\n{conclusion}" if conclusion else ""
+    length, length_text = length_only_report(run)  # the paper's Table 5 beside our length-only arms
+    if not length.empty:
+        tables["length_only"] = length
+        write_csv(out / "length_only.csv", length.astype(object).where(length.notna(), None).to_dict("records"))
+        summary += f"\n\n{length_text}"
     tmp = out / ".summary.md.tmp"
     tmp.write_text(summary + "\n", encoding="utf-8")
     tmp.replace(out / "summary.md")

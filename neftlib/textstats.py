@@ -102,10 +102,9 @@ def log_diversity(text_tokens_list: Sequence[Sequence[str]], ns: Sequence[int] =
     return -math.log(max(1.0 - div, math.exp(-LOG_DIVERSITY_CAP)))
 
 
-def log_diversity_release(text_tokens_list: Sequence[Sequence[str]], ns: Sequence[int] = (2, 3, 4)) -> float:
-    """Mean over answers of the per-answer log-diversity computed as Kirchenbauer et al.'s
-    released `measure_repetition_and_diversity` computes it (see the module docstring).
-    Answers of max(ns) tokens or fewer are skipped; NaN when every answer is."""
+def log_diversity_release_values(text_tokens_list: Sequence[Sequence[str]], ns: Sequence[int] = (2, 3, 4)) -> list[float]:
+    """Per answer, the log-diversity Kirchenbauer et al.'s released `measure_repetition_and_diversity` computes
+    (see the module docstring); NaN for an answer of max(ns) tokens or fewer, where their code divides by zero."""
     values: list[float] = []
     for tokens in text_tokens_list:
         div = 1.0
@@ -116,8 +115,14 @@ def log_diversity_release(text_tokens_list: Sequence[Sequence[str]], ns: Sequenc
                 div = math.nan
                 break
             div *= 1.0 - (1.0 - len(set(grams)) / len(grams)) / 100.0
-        if not math.isnan(div):
-            values.append(-math.log(max(1.0 - div, math.exp(-LOG_DIVERSITY_CAP))))
+        values.append(div if math.isnan(div) else -math.log(max(1.0 - div, math.exp(-LOG_DIVERSITY_CAP))))
+    return values
+
+
+def log_diversity_release(text_tokens_list: Sequence[Sequence[str]], ns: Sequence[int] = (2, 3, 4)) -> float:
+    """Mean over answers of `log_diversity_release_values`: the scale of the paper's Table 4.
+    Answers of max(ns) tokens or fewer are skipped; NaN when every answer is."""
+    values = [v for v in log_diversity_release_values(text_tokens_list, ns) if not math.isnan(v)]
     return sum(values) / len(values) if values else math.nan
 
 

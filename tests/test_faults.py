@@ -61,7 +61,7 @@ RUN = "drill"
 # A smoke run cut down further: 6 steps with checkpoints at 2 and 4, two arms, 4 prompts in 2 batches.
 KW = dict(arms=("baseline", "neftune"), train_limit=12, heldout_limit=4, loss_subset=4, max_length=48,
           batch_size=2, max_steps=6, save_every=2, eval_limit=4, gen_batch_size=2, gen_max_new_tokens=4,
-          agreement_pairs=0)
+          agreement_pairs=0, length_arms=())
 # Imported once by the forkserver, so that each killed child starts in a fraction of a second.
 PRELOAD = ["neftlib.stages", "neftlib.train", "neftlib.evaluate", "transformers.optimization", "accelerate"]
 

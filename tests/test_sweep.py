@@ -92,3 +92,25 @@ def test_sweep_conclusion_says_what_beats_the_seed_spread():
     assert sweep_conclusion(alpha_effects(_metrics({(0, 0): 300, (5, 0): 400}))) == ""
     partial = _metrics({(0, 0): 300, (0, 1): 301, (5, 0): 400, (5, 1): 410, (10, 0): 500})
     assert "alpha 10: +200 (one seed, cannot tell)" in sweep_conclusion(alpha_effects(partial))
+
+
+def test_alpha_effects_carry_the_smallest_change_their_seeds_detect():
+    """Per-seed changes with a known spread: the MDE is that of a t test on the seeds' changes, and it is
+    printed beside the verdicts that saw nothing, not beside those beyond the seed spread."""
+    import math
+
+    from neftlib.power import Design, detectable_effect
+    from neftlib.sweep import sweep_conclusion
+
+    # changes per seed: alpha 5 +40/+60, alpha 10 -4/+6 (three seeds would be the same test with df 2)
+    frame = _metrics({(0, 0): 300, (0, 1): 310, (5, 0): 340, (5, 1): 370, (10, 0): 296, (10, 1): 316})
+    effects = alpha_effects(frame).set_index("alpha")
+    var = ((10**2 + 10**2) + (5**2 + 5**2)) / 2  # sample variances 200 and 50, pooled over one df each
+    assert effects.loc[5.0, "seed_change_sd"] == pytest.approx(math.sqrt(var))
+    expected = detectable_effect(Design(var / 2, 1))
+    assert effects.loc[10.0, "detectable_effect"] == pytest.approx(expected)
+    line = next(l for l in sweep_conclusion(alpha_effects(frame)).splitlines() if "answer length" in l)
+    assert f"alpha 10: +1 (within the seed spread) [smallest change 2 seeds detect: {expected:.3g}]" in line
+    assert "alpha 5: +50 (as the paper says, beyond the seed spread);" in line
+    one_seed = alpha_effects(_metrics({(0, 0): 300, (5, 0): 400}))
+    assert one_seed["detectable_effect"].isna().all()

@@ -1,0 +1,177 @@
+"""Power: the minimum detectable effect against brute-force simulation, and variance components recovered
+from simulated data whose components are known."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from neftlib.power import (components_from_summaries, design, design_table, interval_detectable_effect,
+                           minimum_detectable_effect, overlap_detectable_effect, power_of, seed_change_variance,
+                           variance_components)
+
+
+def _simulate(n: int, k: int, sd_prompt: float, sd_seed: float, sd_residual: float, effect: float,
+              reps: int, rng: np.random.Generator) -> np.ndarray:
+    """Per-prompt differences d[rep, seed, prompt] drawn from the model of neftlib.power."""
+    iota = rng.normal(0, sd_prompt, (reps, 1, n))
+    eta = rng.normal(0, math.sqrt(2) * sd_seed, (reps, k, 1))
+    return effect + iota + eta + rng.normal(0, sd_residual, (reps, k, n))
+
+
+def _rejects(d: np.ndarray, seed_variance: float = 0.0) -> np.ndarray:
+    """The design's own test on each replicate: the mean over seeds and prompts divided by its standard error
+    from the two-way mean squares (Satterthwaite's degrees of freedom); with one seed, the per-prompt spread
+    plus the seed's share taken as known (`seed_variance`, 2 sd_seed^2), n - 1 degrees of freedom."""
+    reps, k, n = d.shape
+    grand = d.mean(axis=(1, 2))
+    by_seed, by_item = d.mean(axis=2), d.mean(axis=1)
+    ms_items = k * ((by_item - grand[:, None]) ** 2).sum(axis=1) / (n - 1)
+    if k == 1:
+        var, df = ms_items / n + seed_variance, np.full(reps, n - 1.0)
+    else:
+        ms_seeds = n * ((by_seed - grand[:, None]) ** 2).sum(axis=1) / (k - 1)
+        resid = d - by_seed[:, :, None] - by_item[:, None, :] + grand[:, None, None]
+        ms_res = (resid**2).sum(axis=(1, 2)) / ((n - 1) * (k - 1))
+        parts = np.stack([ms_items, ms_seeds, ms_res]) / (n * k)
+        var = parts[0] + parts[1] - parts[2]
+        var = np.where(var > 0, var, parts[0] + parts[1])
+        df = var**2 / (parts[0] ** 2 / (n - 1) + parts[1] ** 2 / (k - 1) + parts[2] ** 2 / ((n - 1) * (k - 1)))
+    return np.abs(grand / np.sqrt(var)) > stats.t.ppf(0.975, df)
+
+
+# Monte Carlo error of a rate near 0.8 over 10,000 replicates: ~0.004. With one seed the power is exact; with
+# several, the test's degrees of freedom are estimated (Satterthwaite), which the design's fixed df approximates:
+# the simulated power then falls a few points short, never by the 0.3 a z quantile in place of t would give.
+@pytest.mark.parametrize("n,k,sds,tol", [
+    (24, 1, (30.0, 0.0, 10.0), 0.015),  # one seed, no seed variance: the plain paired t test
+    (50, 1, (30.0, 4.0, 0.0), 0.015),  # one seed: the seed's share taken as known
+    (30, 3, (20.0, 3.0, 25.0), 0.05),  # three seeds, every component present
+    (100, 6, (0.0, 2.0, 40.0), 0.05),  # fresh noise per seed only
+    (100, 2, (5.0, 5.0, 20.0), 0.06),  # two seeds, the seed dominating: about one degree of freedom
+])
+def test_mde_is_detected_with_80_percent_power_in_simulation(n, k, sds, tol):
+    mde = minimum_detectable_effect(n, k, *sds)
+    assert power_of(mde, design(n, k, *sds)) == pytest.approx(0.80, abs=1e-6)
+    rng, known = np.random.default_rng(7), 2 * sds[1] ** 2
+    simulated = _rejects(_simulate(n, k, *sds, effect=mde, reps=10000, rng=rng), known).mean()
+    assert simulated == pytest.approx(0.80, abs=tol)
+    # Half the effect is clearly underpowered, and the formula says by how much.
+    half = _rejects(_simulate(n, k, *sds, effect=mde / 2, reps=10000, rng=rng), known).mean()
+    assert half == pytest.approx(power_of(mde / 2, design(n, k, *sds)), abs=tol) and half < 0.5
+    # No change: the test rejects at about its level.
+    null = _rejects(_simulate(n, k, *sds, effect=0.0, reps=10000, rng=rng), known).mean()
+    assert null == pytest.approx(0.05, abs=0.025)
+
+
+def test_mde_scales_like_the_textbook_formula_and_falls_with_prompts_and_seeds():
+    # many prompts, one seed, no seed variance: (z_0.975 + z_0.8) * sd / sqrt(n)
+    assert minimum_detectable_effect(10_000, 1, 100.0, 0.0) == pytest.approx(2.8016 * 100 / 100, rel=1e-3)
+    by_prompts = [minimum_detectable_effect(n, 3, 50.0, 5.0, 20.0) for n in (24, 100, 400)]
+    by_seeds = [minimum_detectable_effect(100, k, 50.0, 5.0, 20.0) for k in (2, 3, 6)]
+    assert by_prompts == sorted(by_prompts, reverse=True) and by_seeds == sorted(by_seeds, reverse=True)
+    # Where the seed dominates, two seeds leave one degree of freedom: far weaker than three.
+    seed_bound = [minimum_detectable_effect(100, k, 0.0, 10.0, 5.0) for k in (2, 3)]
+    assert seed_bound[0] > 3 * seed_bound[1]
+    assert design(100, 2, 0.0, 10.0, 0.0).df == pytest.approx(1) and design(100, 4, 30.0, 0.0, 0.0).df == 99
+    with pytest.raises(ValueError, match="at least 2 prompts"):
+        minimum_detectable_effect(1, 2, 1.0, 1.0)
+
+
+def test_interval_mde_matches_the_design_it_came_from():
+    n, sd = 24, 60.0
+    se = sd / math.sqrt(n)
+    low, high = -1.959964 * se, 1.959964 * se
+    assert interval_detectable_effect(low, high, n) == pytest.approx(minimum_detectable_effect(n, 1, sd, 0.0), rel=1e-4)
+    with_seed = interval_detectable_effect(low, high, n, seed_variance=2 * 5.0**2)
+    assert with_seed == pytest.approx(minimum_detectable_effect(n, 1, sd, 5.0), rel=1e-4)
+    assert math.isnan(interval_detectable_effect(math.nan, 1.0, n))
+    # non-overlap of two independent intervals needs more than a paired test on the same standard errors
+    z = 1.959964
+    assert overlap_detectable_effect((-z, z), (-z, z)) == pytest.approx(2 * z + 0.841621 * math.sqrt(2), rel=1e-4)
+
+
+def test_variance_components_recover_known_values():
+    rng = np.random.default_rng(3)
+    n, k, truth = 300, 6, {"sd_prompt": 30.0, "sd_seed": 4.0, "sd_residual": 20.0}
+    frames = []
+    for comparison in ("alpha5", "alpha10", "alpha15"):
+        d = _simulate(n, k, truth["sd_prompt"], truth["sd_seed"], truth["sd_residual"], 10.0, 1, rng)[0]
+        seeds, items = np.meshgrid(range(k), range(n), indexing="ij")
+        frames.append(pd.DataFrame({"comparison": comparison, "seed": seeds.ravel(), "item": items.ravel(),
+                                    "difference": d.ravel()}))
+    found = variance_components(pd.concat(frames))
+    assert (found["n_prompts"], found["n_seeds"], found["n_comparisons"]) == (n, k, 3)
+    assert found["sd_prompt"] == pytest.approx(30.0, rel=0.1)
+    assert found["sd_residual"] == pytest.approx(20.0, rel=0.05)
+    assert found["sd_seed"] == pytest.approx(4.0, rel=0.35)  # 15 degrees of freedom for the seed part
+    one_seed = variance_components(frames[0][frames[0]["seed"] == 0])
+    assert math.isnan(one_seed["sd_seed"]) and one_seed["sd_prompt"] == pytest.approx(math.hypot(30, 20), rel=0.15)
+    with pytest.raises(ValueError, match="columns"):
+        variance_components(pd.DataFrame({"seed": [0]}))
+
+
+def test_seed_change_variance_pools_over_comparisons():
+    per_seed = pd.DataFrame({"comparison": ["a5", "a5", "a10", "a10", "a15"], "seed": [0, 1, 0, 1, 0],
+                             "change": [6.0, 44.0, 8.0, 42.0, 1.0]})
+    var, df = seed_change_variance(per_seed)
+    assert df == 2 and var == pytest.approx(((19**2) * 2 + (17**2) * 2) / 2)
+
+
+def test_design_table_has_every_design_and_the_relative_mde():
+    comps = pd.DataFrame([{"metric": "avg_chars", "sd_prompt": 100.0, "sd_seed": 10.0, "sd_residual": 0.0,
+                           "baseline": 500.0}])
+    table = design_table(comps, prompts=(24, 200), seeds=(1, 3))
+    assert len(table) == 4 and set(table["n_seeds"]) == {1, 3}
+    row = table[(table["n_prompts"] == 200) & (table["n_seeds"] == 3)].iloc[0]
+    assert row["mde"] == pytest.approx(minimum_detectable_effect(200, 3, 100.0, 10.0))
+    assert row["mde_percent"] == pytest.approx(100 * row["mde"] / 500)
+
+
+def test_run_components_recover_the_variances_of_a_run_with_known_answers(results):
+    """A results folder with 6 seeds of alpha 0 and alpha 5 whose answer lengths follow the model with known
+    components: the run's own estimate recovers them, pairing each noised arm with its seed's baseline."""
+    from neftlib.io import write_csv, write_json
+    from neftlib.run_variance import per_item_differences, run_components
+
+    rng = np.random.default_rng(11)
+    n, k, sd_prompt, sd_seed, sd_residual = 300, 6, 40.0, 8.0, 30.0
+    run = results / "sim"
+    write_json(run / "config.json", {"model": "tiny-random", "seed": 0, "diversity_cutoff": 5})
+    base_p, iota = rng.normal(0, 100, n), rng.normal(0, sd_prompt, n)
+    summary, eta, eps = [], rng.normal(0, math.sqrt(2) * sd_seed, k), rng.normal(0, sd_residual, (k, n))
+    for s in range(k):
+        base = 400 + base_p + rng.normal(0, 5) + rng.normal(0, 20, n)
+        treat = base + 50 + iota + eta[s] + eps[s]
+        for alpha, lengths in ((0.0, base), (5.0, treat)):
+            arm = f"alpha{alpha:g}-seed{s}"
+            summary.append({"arm": arm, "alpha": alpha, "distribution": "uniform", "seed": s})
+            write_json(run / "eval" / f"train-{arm}" / "model_outputs.json",
+                       [{"instruction": f"p{i}", "output": "x" * max(0, round(v))} for i, v in enumerate(lengths)])
+    write_csv(run / "train" / "summary.csv", summary)
+    diffs = per_item_differences("sim", "avg_chars")
+    assert len(diffs) == n * k and set(diffs["comparison"]) == {"uniform5"}
+    assert diffs["difference"].mean() == pytest.approx(50, abs=10)
+    comp = run_components("sim", metrics=("avg_chars", "rouge_l")).set_index("metric")
+    row = comp.loc["avg_chars"]
+    assert row["status"] == "ok" and (row["n_prompts"], row["n_seeds"]) == (n, k)
+    assert row["sd_prompt"] == pytest.approx(sd_prompt, rel=0.15)
+    assert row["sd_residual"] == pytest.approx(sd_residual, rel=0.1)
+    # Six seeds say little about sd_seed itself; the estimate must match the seed effects this run drew
+    # (each seed's mean moves by eta plus its prompts' mean noise, whose expected share is subtracted).
+    drawn = np.var(eta + eps.mean(axis=1), ddof=1) - sd_residual**2 / n
+    assert 2 * row["sd_seed"] ** 2 == pytest.approx(drawn, abs=2.0)
+    assert row["mde"] == pytest.approx(minimum_detectable_effect(n, k, row["sd_prompt"], row["sd_seed"],
+                                                                 row["sd_residual"]))
+    assert comp.loc["rouge_l", "status"] == "no per-item results"
+
+
+def test_components_from_summaries_keep_what_was_measured():
+    ends = components_from_summaries(sd_diff=200.0, change_var=650.0, n_items=24)
+    for comp in ends.values():  # both ends reproduce the one-seed spread and the per-seed spread they came from
+        assert comp["sd_prompt"] ** 2 + comp["sd_residual"] ** 2 == pytest.approx(200.0**2)
+        assert 2 * comp["sd_seed"] ** 2 + comp["sd_residual"] ** 2 / 24 == pytest.approx(650.0)
+    assert ends["prompts_shared"]["sd_residual"] == 0 and ends["prompts_vary"]["sd_seed"] == 0
