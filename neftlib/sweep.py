@@ -36,6 +36,8 @@ def arm_metrics(cfg: RunConfig) -> pd.DataFrame:
         label = f"{stage}-{arm}"
         row = {"run": cfg.run_name, "stage": stage, "arm": arm, "model": cfg.model, "alpha": summary["alpha"],
                "distribution": summary["distribution"], "seed": summary.get("seed", cfg.seed)}
+        if (folder / "log.csv").exists():  # the dose: ||noise|| / ||embedding|| averaged over the training steps
+            row["noise_ratio"] = float(pd.read_csv(folder / "log.csv")["noise_ratio"].mean())
         for frame, key in ((over, over["stage"] + "-" + over["arm"]), (div, div["label"]),
                            (wins, wins["stage"] + "-" + wins["arm"])):
             match = frame[key == label]

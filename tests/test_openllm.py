@@ -93,9 +93,9 @@ def test_evaluation_stage_writes_openllm_and_the_full_win_rate_table(results):
     assert (stage_dir(cfg, "eval") / "train-neftune" / "openllm.json").exists()  # per-arm, resumable
 
     # The report reads the table the stage wrote, in percentage points (it once looked for a column 'acc').
-    from neftlib.claims import Evidence
+    from neftlib.claims import RunEvidence
 
-    rows = Evidence(cfg.run_name, n_boot=50).openllm("openllm_flat", "train", arms)
+    rows = RunEvidence(cfg.run_name, n_boot=50).openllm("openllm_flat", "train", arms)
     assert len(rows) == 1 and rows[0]["part"] == "neftlib_tiny_mc accuracy"
     assert rows[0]["baseline"] == pytest.approx(100 * table["value"].iloc[0])
     assert rows[0]["difference"] == pytest.approx(100 * (table["value"].iloc[1] - table["value"].iloc[0]))

@@ -388,7 +388,8 @@ def test_published_answers_are_measured_beside_table5(results, monkeypatch):
     paper = build_report(run, n_boot=200)["paper_vs_ours"].set_index("metric")
     win = paper.loc["win rate (%), Alpaca-7B -> Alpaca-7B-NEFT"]
     assert (win["paper_table"], win["paper_before"], win["paper_after"]) == ("Table 5", 32.36, 61.99)
-    assert win["ours_before"] == pytest.approx(26.46, abs=0.01) and win["ours_after"] > 50
+    # the leaderboard's 26.46 is over all 805 prompts; paired, over the 803 both models have judged: 26.53
+    assert win["ours_before"] == pytest.approx(26.53, abs=0.01) and win["ours_after"] > 50
     assert win["ours_judge_scale"] == "gpt4" and bool(win["same_judge"])
     chars = paper.loc["answer length (characters), Alpaca-7B -> Alpaca-7B-NEFT"]
     assert chars["paper_before"] == 375.22 and chars["ours_after"] > 2 * chars["ours_before"]
