@@ -1,6 +1,8 @@
 # Two commands on a fresh machine: `make reproduce` and `make test`.
 PYTHON ?= python3
-VENV := .venv
+# The environment make installs into and runs from: .venv, or the conda env environment.yml creates
+# when it is active (`conda activate neftlib`), or any other given as VENV=/path.
+VENV ?= $(if $(filter neftlib,$(CONDA_DEFAULT_ENV)),$(CONDA_PREFIX),.venv)
 PY := $(VENV)/bin/python
 PROFILE ?= cpu
 ARGS ?=
@@ -31,5 +33,8 @@ test: install
 bench: install
 	$(PY) bench/bench_noise.py
 
+# JupyterLab on the notebooks with this environment registered as the kernel "neftlib" (also offered by
+# any other Jupyter of this user), and the default for new notebooks.
 lab: install
-	$(VENV)/bin/jupyter lab notebooks/
+	$(PY) -m ipykernel install --user --name neftlib --display-name "Python (neftlib)"
+	$(VENV)/bin/jupyter lab --MultiKernelManager.default_kernel_name=neftlib notebooks/

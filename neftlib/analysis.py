@@ -138,7 +138,7 @@ def example_losses_table(cfg: RunConfig, progress: bool = True, stages: tuple[st
     """Per-example loss without noise of every trained arm of `stages` on the training subset whose loss
     train.py measures (first `loss_subset` rows), the held-out rows and the other set: the paper's Figure 4
     (full fine-tuning; the QLoRA arms are left out by default, as a 4-bit forward pass is slow on CPU)."""
-    from tqdm.auto import tqdm
+    from neftlib.progress import tqdm
 
     from neftlib.train import load_trained
 

@@ -36,13 +36,14 @@ class RunConfig:
     precision: str = "fp32"  # compute dtype (autocast); trained weights stay fp32. bf16 on recent GPUs, as the paper
     gradient_checkpointing: bool = False  # trade compute for memory (7B)
     # --- data ---
-    train_data: str = "mini"  # "mini" (data/), "alpaca", "evol-instruct", "open-platypus", "sharegpt" (NEFTLIB_DATA_DIR, else the hub), "auto" (local alpaca else mini), or a file
+    train_data: str = "mini"  # "mini" (data/), "alpaca", "evol-instruct", "open-platypus", "sharegpt", "hf:ORG/NAME" (any hub dataset; NEFTLIB_DATA_DIR's copy first, else the hub), "auto" (local alpaca else mini), or a file
+    train_columns: dict[str, str] = field(default_factory=dict)  # our field -> the data's column when names differ, e.g. {"instruction": "question", "output": "answer"}; fields: instruction, input, output, conversations
     train_limit: int | None = None  # rows kept after the seeded shuffle; None keeps all
     drop_bad_rows: bool = False  # drop (and count) malformed rows instead of stopping at the first
     heldout_limit: int = 32  # rows held out of the training set for the held-out loss (05)
     prompt_format: str = "alpaca"  # "alpaca" (paper, all sets but ShareGPT), "vicuna" (ShareGPT), "chat" (model's template)
     max_length: int = 512  # tokens per example after formatting (the paper: 512)
-    eval_data: str = "auto"  # "mini" (data/mini_eval.json), "alpaca_eval" (805 prompts), "auto", or a file
+    eval_data: str = "auto"  # "mini" (data/mini_eval.json), "alpaca_eval" (805 prompts with Text-Davinci-003's answers: NEFTLIB_DATA_DIR, else the hub's tatsu-lab/alpaca_eval), "auto" (local alpaca_eval else mini), or a file
     eval_limit: int | None = None  # seeded subset of the evaluation prompts; None = all
     # --- optimisation ---
     epochs: float = 1.0  # passes over the training set (the paper: 3)
@@ -65,9 +66,12 @@ class RunConfig:
     noise_scaling: str = "per_example"  # "per_example" (paper code) or "padded" (transformers)
     arms: tuple[str, ...] = ("baseline", "neftune", "gaussian")  # arms trained by 02 (03 uses qlora_arms); sweep arms: sweep_arms()
     qlora_arms: tuple[str, ...] = ("baseline", "neftune")  # arms trained by 03
+    qlora: dict[str, Any] = field(default_factory=dict)  # what 03's QLoRA stage changes in these settings (method, LoRA, LR...); filled from the profile (neftlib/profiles.py QLORA)
     # --- bookkeeping ---
     save_every: int = 50  # optimizer steps between atomic checkpoints
     loss_subset: int = 32  # training rows whose noise-free loss is measured after training
+    push_to_hub: bool = False  # after evaluation, push each trained arm (model or LoRA adapter, tokenizer, model card) to a private hub repo; needs a hub token
+    hub_repo: str = ""  # push_to_hub's repo names: "<hub_repo>-<stage>-<arm>", e.g. "me/smollm2-alpaca"; empty: "neftlib-<run>-<stage>-<arm>" under the token's account
     # --- generation and judging ---
     gen_max_new_tokens: int = 256  # answer length cap
     gen_batch_size: int = 16  # prompts per generate call (left-padded, sorted by length)
@@ -106,8 +110,24 @@ class RunConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        from neftlib.sources import MAPPABLE
+
+        if not isinstance(self.train_columns, dict):
+            raise ValueError(f"train_columns must map field names to column names, e.g. {{'instruction': 'question'}}, "
+                             f"got {self.train_columns!r}")
+        bad = {k: v for k, v in self.train_columns.items() if k not in MAPPABLE or not isinstance(v, str) or not v}
+        if bad:
+            raise ValueError(f"train_columns={bad!r}: map any of {', '.join(MAPPABLE)} to a column name (a string)")
         for arm in (*self.arms, *self.qlora_arms):
             parse_arm(arm, self)
+        if not isinstance(self.qlora, dict) or {"profile", "run", "qlora"} & set(self.qlora):
+            raise ValueError(f"qlora={self.qlora!r}: a mapping of the settings the QLoRA stage changes, e.g. "
+                             "{method: qlora, lora_r: 16} (not profile, run or qlora)")
+        if self.qlora:
+            try:
+                dataclasses.replace(self, qlora={}, **self.qlora)  # a bad QLoRA setting fails now, not at 03
+            except TypeError as err:
+                raise ValueError(f"qlora={self.qlora!r}: {err}") from None
         if self.length_arms:
             from neftlib.length_arms import check_length_arms
 
@@ -195,28 +215,39 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name}={value!r} is not one of {', '.join(choices)}")
 
 
-def load_config(profile: str, **overrides: Any) -> RunConfig:
-    """The config of a named profile, with field overrides (e.g. from papermill parameters)."""
+def load_config(profile: str = "", *, config: str | Path | None = None, **overrides: Any) -> RunConfig:
+    """The config of a named profile, or of a recipe file (`config`), with field overrides typed by the field
+    (values or text, as from papermill parameters or --set); None leaves a field as the profile has it."""
     from neftlib.profiles import PROFILES
+    from neftlib.recipes import coerce_fields, read_recipe
 
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+    if config:
+        profile, base = read_recipe(config)
+    elif profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}, "
+                         "or give a recipe file (--config PATH.yaml)")
+    else:
+        base = dict(PROFILES[profile])
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ValueError(f"unknown config field(s) {unknown}; valid fields: {', '.join(sorted(fields))}")
-    values: dict[str, Any] = {**PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None}}
-    for key in ("lora_targets", "arms", "qlora_arms", "length_arms"):
-        if key in values and isinstance(values[key], list):
-            values[key] = tuple(values[key])
-    return RunConfig(profile=profile, **values)
+    values = coerce_fields({**base, **{k: v for k, v in overrides.items() if v is not None}})
+    return RunConfig(profile=profile, **_with_qlora(values, profile))
+
+
+def _with_qlora(values: dict[str, Any], profile: str) -> dict[str, Any]:
+    """The QLoRA stage's settings written out: the profile's QLORA entry when none are given."""
+    from neftlib.profiles import QLORA
+
+    if values.get("qlora"):
+        return values
+    return {**values, "qlora": dict(QLORA.get(profile, QLORA["default"]))}
 
 
 def qlora_config(cfg: RunConfig) -> RunConfig:
-    """The 03 stage's config: the same run with the profile's QLoRA overrides."""
-    from neftlib.profiles import QLORA
-
-    return dataclasses.replace(cfg, **QLORA.get(cfg.profile, QLORA["default"]))
+    """The 03 stage's config: the same run with its QLoRA settings (cfg.qlora)."""
+    return dataclasses.replace(cfg, **(cfg.qlora or _with_qlora({}, cfg.profile)["qlora"]))
 
 
 def stage_config(cfg: RunConfig, stage: str) -> tuple[RunConfig, tuple[str, ...]]:
@@ -234,7 +265,7 @@ def config_from_json(path: Path) -> RunConfig:
         if isinstance(data.get(key), list):
             data[key] = tuple(data[key])
     try:
-        return RunConfig(**data)
+        return RunConfig(**_with_qlora(data, data.get("profile", "")))  # runs from before `qlora` was recorded
     except TypeError as err:
         raise ValueError(f"{path} was written by another version of neftlib ({err}); "
                          "use --run NEW_NAME, or --force to move that run aside") from None

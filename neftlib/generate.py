@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
 from neftlib.data import format_prompt
+from neftlib.progress import tqdm
 
 
 def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int = 16,

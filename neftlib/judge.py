@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from neftlib.io import read_json, write_json
+from neftlib.progress import tqdm
 from neftlib.winrate import discrete_preference
 
 # The project's own judging prompt.

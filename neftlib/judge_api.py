@@ -23,10 +23,9 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from tqdm.auto import tqdm
-
 from neftlib.io import read_json, write_json
 from neftlib.judge import JUDGE_PROMPT, Judgments, plan_both_orders
+from neftlib.progress import tqdm
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4"

@@ -306,6 +306,8 @@ def _build_callback_class() -> type:
 
         Options are those of ``neftune()``; without ``seed``/``generator`` the noise is seeded
         from ``noise_seed(args.seed, args.process_index)``. ``self.handle`` exposes the handle.
+        Works as is in TRL's ``SFTTrainer`` with packing / padding-free rows: each packed example's
+        length comes from the ``position_ids`` the trainer passes to the model.
         """
 
         def __init__(self, alpha: float, **options: Any) -> None:
