@@ -2,6 +2,7 @@
 check that refuses a run before anything is loaded when it clearly cannot fit."""
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import torch
@@ -42,9 +43,16 @@ class MemoryEstimate:
 
 
 def _model_shape(cfg: RunConfig):
+    return _meta_model(cfg.model)
+
+
+@functools.lru_cache(maxsize=8)
+def _meta_model(name: str):
+    """A model's config and its parameters on the meta device (no memory, no weights): kept, since the
+    estimate of a profile asks for the same model many times."""
     from transformers import AutoModelForCausalLM
 
-    config = model_config(cfg.model)
+    config = model_config(name)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     return config, model
