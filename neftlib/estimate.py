@@ -66,14 +66,14 @@ def _training_stage(cfg: RunConfig, arms: tuple[str, ...], budget: int | None, g
     return out
 
 
-def training_advice(cfg: RunConfig, budget: int, gpus: int = 1) -> list[dict[str, Any]]:
-    """Changes that bring a training stage within `budget` bytes per GPU, each with its estimate; a single
-    entry saying none does when none of them is enough."""
+def training_advice(cfg: RunConfig, budget: int, gpus: int = 1, cuda: bool = True) -> list[dict[str, Any]]:
+    """Changes that bring a training stage within `budget` bytes per GPU (`cuda`: counting the CUDA context),
+    each with its estimate; a single entry saying none does when none of them is enough."""
     tried: list[dict[str, Any]] = []
 
     def consider(change: str, new: RunConfig, world: int = gpus, sharded: bool = False) -> None:
         try:
-            total = estimate_memory(new, world=world, sharded=sharded, cuda=True).total
+            total = estimate_memory(new, world=world, sharded=sharded, cuda=cuda).total
         except ValueError:  # an effective batch this many processes cannot reach
             return
         tried.append({"change": change, "total_gib": _gib(total), "fits": total <= budget})
