@@ -35,7 +35,7 @@ class Sizes:
     """What a run measures; rehearsal shrinks it."""
 
     rehearse: bool = False  # CPU, a hidden-64 model of the same layout, a few tokens
-    steps: int = 3  # optimizer steps per training run: the first warms up, the others are timed
+    steps: int = 2  # optimizer steps per training run: the first warms up, the others are timed
     full_layers: int = 8  # decoder layers of the full fine-tune (all 32 with AdamW states need ~110 GB)
     gen_new_tokens: int = 256  # tokens generated per answer in the throughput figure
     worst_gen_tokens: int = 512  # colab-qlora's answer cap, for its worst-case generation memory

@@ -18,7 +18,7 @@ a table. Without a CUDA GPU it says so and exits 0. `--rehearse` runs the 7B par
 (the tests do). `--parts a b` runs some parts and keeps the other parts' figures from an earlier run on the
 same GPU.
 
-    python bench/gpu_check.py [--parts ...] [--budget 570] [--full-layers 8] [--steps 3] [--out PATH]
+    python bench/gpu_check.py [--parts ...] [--budget 570] [--full-layers 8] [--steps 2] [--out PATH]
 """
 from __future__ import annotations
 
@@ -45,10 +45,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from neftlib.io import write_json  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "gpu_check.json"
-ORDER = ("gpu_tests", "random_7b", "qlora_7b", "bf16_7b", "full_7b", "smoke", "cpu_bf16")
+ORDER = ("gpu_tests", "random_7b", "qlora_7b", "bf16_7b", "smoke", "full_7b", "cpu_bf16")  # most wanted first
 REHEARSED = ("random_7b", "qlora_7b", "bf16_7b", "full_7b")
 # Seconds a part may take on one H200 before it is stopped (and recorded as timed out).
-LIMITS = {"gpu_tests": 150, "random_7b": 120, "qlora_7b": 150, "bf16_7b": 180, "full_7b": 120, "smoke": 240,
+LIMITS = {"gpu_tests": 150, "random_7b": 120, "qlora_7b": 200, "bf16_7b": 180, "full_7b": 120, "smoke": 240,
           "cpu_bf16": 150}
 GOALS = {"colab_qlora_peak_gib_max": 14.0, "bf16_mfu_min": 0.40, "neftlib_over_trainer_min": 1.0}
 
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--parts", nargs="+", choices=ORDER, default=None, help="parts to run (default: all)")
     p.add_argument("--budget", type=float, default=570, help="seconds for the whole check; parts left are skipped")
-    p.add_argument("--steps", type=int, default=3, help="optimizer steps per training run (the first warms up)")
+    p.add_argument("--steps", type=int, default=2, help="optimizer steps per training run (the first warms up)")
     p.add_argument("--full-layers", type=int, default=8, help="decoder layers of the full fine-tune's 7B shape")
     p.add_argument("--rehearse", action="store_true", help="the 7B parts on a CPU at a tiny shape (tests)")
     p.add_argument("--out", type=Path, default=OUT)
