@@ -111,7 +111,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         save_every=50,
         gen_max_new_tokens=512,
         # `python -m neftlib estimate --profile colab-qlora`: 16 answers of 512 + 512 tokens need 14.3 GiB
-        # with the 4-bit base, too close to a T4's 15; 8 need 10.3
+        # with the 4-bit base, too close to a T4's 15; 8 need 9.6
         gen_batch_size=8,
         overlap_limit=50,
     ),
