@@ -15,7 +15,7 @@ from neftlib.memory import CUDA_CONTEXT, NF4_BYTES, GiB, _lora_params, _model_sh
 from neftlib.models import DTYPES
 
 FSDP_SIZES = (2, 4, 8, 16, 32, 64)  # GPUs tried for the FSDP advice
-JUDGE_CONTEXT = 612  # judge prompt: two answers clipped at 256 tokens each plus the template, beside the instruction
+JUDGE_TEMPLATE = 100  # tokens of the judging prompt's own text, beside the instruction and both answers (judged whole)
 
 
 def _gib(nbytes: float) -> float:
@@ -149,10 +149,12 @@ def _judge_stage(cfg: RunConfig, budget: int | None) -> dict[str, Any]:
     name = cfg.judge_model or cfg.model
     judge_cfg = dataclasses.replace(cfg, model=name)
     four_bit = judge_in_4bit(cfg)
-    parts = inference_memory(judge_cfg, batch=4, context=cfg.max_length + JUDGE_CONTEXT, load_in_4bit=four_bit,
+    context = cfg.max_length + cfg.gen_max_new_tokens + cfg.gen_max_new_tokens + JUDGE_TEMPLATE
+    parts = inference_memory(judge_cfg, batch=4, context=context, load_in_4bit=four_bit,
                              adapters=False, kv_cache=False, all_logits=True)
     total = sum(parts.values())
     out: dict[str, Any] = {"judge": f"local:{name}", "precision": cfg.precision, "load_in_4bit": four_bit,
+                           "batch": 4, "context_tokens": context,
                            "parts_gib": {**{k: _gib(v) for k, v in parts.items()}, "total": _gib(total)},
                            "total_gib": _gib(total), "fits": _fits(total, budget)}
     if budget is not None and total > budget:
