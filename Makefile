@@ -10,7 +10,7 @@ ARGS ?=
 NEFTLIB_DATA_DIR ?= $(if $(wildcard ../shared/data/README.md),$(abspath ../shared/data),)
 export NEFTLIB_DATA_DIR
 
-.PHONY: install reproduce test bench lab clean-results
+.PHONY: install reproduce test bench lab clean-results gpu-check
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,3 +38,8 @@ bench: install
 lab: install
 	$(PY) -m ipykernel install --user --name neftlib --display-name "Python (neftlib)"
 	$(VENV)/bin/jupyter lab --MultiKernelManager.default_kernel_name=neftlib notebooks/
+
+# Everything that needs a GPU, in under 10 minutes (bench/gpu_check.py; README "Check your GPU"). Runs with the
+# project's venv when there is one, else with the python that has the machine's CUDA build of torch.
+gpu-check:
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) bench/gpu_check.py $(ARGS)

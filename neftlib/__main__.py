@@ -1,4 +1,4 @@
-"""Command line: `python -m neftlib run|train|figures|report|winrate|analyze ...`."""
+"""Command line: `python -m neftlib run|train|estimate|figures|report|winrate|analyze ...`."""
 from __future__ import annotations
 
 import argparse
@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     fig.add_argument("run", help="the run's name: the folder under results/")
     rep = sub.add_parser("report", help="rebuild a run's report (results/<run>/report/) from its results folder")
     rep.add_argument("run", help="the run's name: the folder under results/")
+    est = sub.add_parser("estimate", help="peak GPU memory of each stage of a profile, from the model's config "
+                         "alone, as JSON: whether it fits, and what to change when not")
+    est.add_argument("--profile", default="cpu", help=", ".join(PROFILES))
+    est.add_argument("--gpu-memory", type=float, default=None, metavar="GB",
+                     help="memory of one GPU in GB as GPUs are sold (GiB: a T4 is 15, an A100 40 or 80)")
+    est.add_argument("--gpus", type=int, default=1, help="GPUs (processes) training together; FSDP for full fine-tunes")
     win = sub.add_parser("winrate", help="alpaca_eval metrics of an annotations file, as JSON")
     win.add_argument("annotations", type=Path)
     ana = sub.add_parser("analyze", help="length / repetition / log-diversity of model_outputs.json files")
@@ -99,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
             seed = read_json(folder / "config.json").get("seed", 0) if (folder / "config.json").exists() else 0
             print(build_report(args.run, seed=seed)["summary"])
             print(f"\nreport in {folder / 'report'}")
+        elif args.command == "estimate":
+            from neftlib.estimate import estimate_profile
+
+            print(json.dumps(estimate_profile(args.profile, gpu_memory_gib=args.gpu_memory, gpus=args.gpus), indent=2))
         elif args.command == "winrate":
             from neftlib.winrate import summarize_annotations
 

@@ -46,8 +46,16 @@ def make_judge(cfg: RunConfig):
 
         return OpenAIJudge(model=cfg.judge_model or None)
     name = cfg.judge_model or cfg.model
-    model = on_best_device(load_base(name, precision=cfg.precision))
-    return LocalJudge(model, load_tokenizer(name), name=f"local:{name}")
+    four_bit = judge_in_4bit(cfg)
+    model = on_best_device(load_base(name, precision=cfg.precision, load_in_4bit=four_bit))
+    # the table's judge column says when the judge is the 4-bit base
+    return LocalJudge(model, load_tokenizer(name), name=f"local:{name}" + (" (4-bit NF4)" if four_bit else ""))
+
+
+def judge_in_4bit(cfg: RunConfig) -> bool:
+    """A QLoRA run's own base model judges in 4-bit, as it was trained: in fp16 a 7B judge (13.5 GB) would not
+    fit a free Colab T4 (15 GB of GPU memory, 12.7 GB of RAM to load it through)."""
+    return cfg.load_in_4bit and not cfg.judge_model
 
 
 def measure_agreement(cfg: RunConfig, judge, progress: bool = True) -> dict:
