@@ -1,6 +1,8 @@
 # Two commands on a fresh machine: `make reproduce` and `make test`.
 PYTHON ?= python3
-VENV := .venv
+# The environment make installs into and runs from: .venv, or the conda env environment.yml creates
+# when it is active (`conda activate neftlib`), or any other given as VENV=/path.
+VENV ?= $(if $(filter neftlib,$(CONDA_DEFAULT_ENV)),$(CONDA_PREFIX),.venv)
 PY := $(VENV)/bin/python
 PROFILE ?= cpu
 ARGS ?=
@@ -8,7 +10,7 @@ ARGS ?=
 NEFTLIB_DATA_DIR ?= $(if $(wildcard ../shared/data/README.md),$(abspath ../shared/data),)
 export NEFTLIB_DATA_DIR
 
-.PHONY: install reproduce test bench lab clean-results
+.PHONY: install reproduce test bench lab clean-results gpu-check
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,5 +33,13 @@ test: install
 bench: install
 	$(PY) bench/bench_noise.py
 
+# JupyterLab on the notebooks with this environment registered as the kernel "neftlib" (also offered by
+# any other Jupyter of this user), and the default for new notebooks.
 lab: install
-	$(VENV)/bin/jupyter lab notebooks/
+	$(PY) -m ipykernel install --user --name neftlib --display-name "Python (neftlib)"
+	$(VENV)/bin/jupyter lab --MultiKernelManager.default_kernel_name=neftlib notebooks/
+
+# Everything that needs a GPU, in under 10 minutes (bench/gpu_check.py; README "Check your GPU"). Runs with the
+# project's venv when there is one, else with the python that has the machine's CUDA build of torch.
+gpu-check:
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) bench/gpu_check.py $(ARGS)

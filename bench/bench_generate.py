@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from record import publish, timed  # noqa: E402  (bench/record.py, beside this script)
 
-from neftlib.base.config import load_config  # noqa: E402
+from neftlib.base.recipes import load_config  # noqa: E402
 from neftlib.data.prepare import load_eval_set  # noqa: E402
 from neftlib.evaluation.generate import eval_prompts, generate_answers  # noqa: E402
 from neftlib.training.models import load_base, load_tokenizer, on_best_device  # noqa: E402

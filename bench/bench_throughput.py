@@ -42,7 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from neftlib.data.batching import EpochSampler  # noqa: E402
-from neftlib.base.config import load_config  # noqa: E402
+from neftlib.base.recipes import load_config  # noqa: E402
 from neftlib.data.prepare import load_instructions, tokenize_rows  # noqa: E402
 from neftlib.training.models import count_parameters, load_model, load_tokenizer  # noqa: E402
 
@@ -106,12 +106,18 @@ def _read_log(path: Path) -> list[dict]:
     return pd.read_csv(path).to_dict("records")
 
 
-def run_trainer(examples: list[dict], tok, batch: int, steps: int, work: Path, sampling: str) -> list[dict]:
-    """Per-step rows of transformers' Trainer with neftune_noise_alpha, as a user would set it up."""
+def run_trainer(examples: list[dict], tok, batch: int, steps: int, work: Path, sampling: str, *, model=None,
+                extra_args: dict[str, Any] | None = None) -> list[dict]:
+    """Per-step rows of transformers' Trainer with neftune_noise_alpha, as a user would set it up.
+
+    `model`: the model to train (default: SmolLM2 in fp32); `extra_args`: more TrainingArguments (bf16,
+    gradient accumulation, checkpointing: bench/gpu_7b.py sets the GPU profiles' own)."""
     from datasets import Dataset
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
-    model = load_model(MODEL)
+    model = model if model is not None else load_model(MODEL)
+    # a step's GPU work is queued, not done, when its callback runs: wait for it so each step's time is its own
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     seen: list[torch.Tensor] = []  # per training forward: real length of each row
 
     def count(module, args, kwargs):
@@ -129,6 +135,7 @@ def run_trainer(examples: list[dict], tok, batch: int, steps: int, work: Path, s
             self.t = (time.perf_counter(), time.process_time())
 
         def on_step_end(self, args, state, control, **kw):
+            sync()
             now = (time.perf_counter(), time.process_time())
             lengths = [int(n) for n in torch.cat(seen[0::2]).tolist()]
             padded = int(sum(int(p) for p in seen[1::2]))
@@ -143,8 +150,8 @@ def run_trainer(examples: list[dict], tok, batch: int, steps: int, work: Path, s
                                "labels": e["labels"]} for e in examples])
     args = TrainingArguments(
         output_dir=str(work / sampling), per_device_train_batch_size=batch, max_steps=steps, learning_rate=2e-5,
-        neftune_noise_alpha=ALPHA, train_sampling_strategy=sampling, use_cpu=True, seed=0,
-        report_to="none", save_strategy="no", logging_steps=10_000, disable_tqdm=True,
+        neftune_noise_alpha=ALPHA, train_sampling_strategy=sampling, use_cpu=not torch.cuda.is_available(), seed=0,
+        report_to="none", save_strategy="no", logging_steps=10_000, disable_tqdm=True, **(extra_args or {}),
     )
     timer = StepTimer()
     trainer = Trainer(model=model, args=args, train_dataset=data, processing_class=tok, callbacks=[timer],

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import nn
 
-__all__ = ["add_neftune_noise", "neftune", "NEFTuneHandle", "noise_seed", "NEFTuneCallback"]
+__all__ = ["add_neftune_noise", "neftune", "NEFTuneHandle", "noise_seed", "noise_dose", "NEFTuneCallback"]
 
 _DISTRIBUTIONS = ("uniform", "gaussian")
 _SCALINGS = ("per_example", "padded")
@@ -193,13 +193,33 @@ class _NoiseHooks:
             )
         noise, real = _make_noise(output, mask, h.alpha, h.distribution, h.scaling, pos, h.generator)
         if self.log_ratio:
-            with torch.no_grad():
-                n2 = torch.linalg.vector_norm(noise, dim=-1).square()
-                e2 = torch.linalg.vector_norm(output.detach(), dim=-1, dtype=torch.float32).square()
-                if real is not None:
-                    n2, e2 = n2 * real, e2 * real
-                h._record_ratio((n2.sum() / e2.sum().clamp_min(1e-30)).sqrt())
+            h._record_ratio(_norm_ratio(noise, output, real))
         return output + noise.to(output.dtype)
+
+
+@torch.no_grad()
+def _norm_ratio(noise: torch.Tensor, embeds: torch.Tensor, real: Optional[torch.Tensor]) -> torch.Tensor:
+    """||noise|| / ||embeds|| over the real tokens, as a 0-d tensor (no device sync)."""
+    n2 = torch.linalg.vector_norm(noise, dim=-1).square()
+    e2 = torch.linalg.vector_norm(embeds.detach(), dim=-1, dtype=torch.float32).square()
+    if real is not None:
+        n2, e2 = n2 * real, e2 * real
+    return (n2.sum() / e2.sum().clamp_min(1e-30)).sqrt()
+
+
+def noise_dose(
+    embeds: torch.Tensor, attention_mask: Optional[torch.Tensor], alpha: float, *, distribution: str = "uniform",
+    scaling: str = "per_example", position_ids: Optional[torch.Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+) -> float:
+    """||noise|| / ||embeds|| over real tokens for one draw: what `alpha` means for these embeddings.
+
+    The noise norm depends only on alpha and the lengths; the embedding norm is the model's own (Gemma, for
+    one, scales its embeddings by sqrt(d) before any hook sees them), so the same alpha is a different dose
+    on different models. The ratio is linear in alpha."""
+    alpha = _check_args(alpha, distribution, scaling)
+    noise, real = _make_noise(embeds, attention_mask, alpha, distribution, scaling, position_ids, generator)
+    return float(_norm_ratio(noise, embeds, real))
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -286,6 +306,8 @@ def _build_callback_class() -> type:
 
         Options are those of ``neftune()``; without ``seed``/``generator`` the noise is seeded
         from ``noise_seed(args.seed, args.process_index)``. ``self.handle`` exposes the handle.
+        Works as is in TRL's ``SFTTrainer`` with packing / padding-free rows: each packed example's
+        length comes from the ``position_ids`` the trainer passes to the model.
         """
 
         def __init__(self, alpha: float, **options: Any) -> None:

@@ -41,3 +41,30 @@ def tokenizer():
     from neftlib.training.models import load_tokenizer
 
     return load_tokenizer("tiny-random")
+
+
+@pytest.fixture
+def fake_arms():
+    """Stand-ins for a run's trained arms (training is tested elsewhere): the tiny model nudged differently per
+    arm, marked done, with the train/summary.csv that 02 writes. Call it with the run's config."""
+
+    def make(cfg, scale: float = 0.05) -> None:
+        import torch
+
+        from neftlib.base.io import mark_done, write_csv
+        from neftlib.training.models import load_base
+        from neftlib.pipeline.stages import stage_dir
+
+        for i, arm in enumerate(cfg.arms):
+            model = load_base("tiny-random")
+            with torch.no_grad():
+                gen = torch.Generator().manual_seed(i)
+                for p in model.parameters():
+                    p.add_(scale * torch.randn(p.shape, generator=gen))
+            model.save_pretrained(stage_dir(cfg, "train") / arm / "model")
+            mark_done(stage_dir(cfg, "train") / arm)
+        write_csv(stage_dir(cfg, "train") / "summary.csv",
+                  [{"arm": a, "alpha": cfg.for_arm(a).alpha, "distribution": cfg.for_arm(a).distribution,
+                    "method": cfg.method} for a in cfg.arms])
+
+    return make

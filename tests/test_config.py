@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from neftlib.base.config import RunConfig, config_from_json, load_config, qlora_config
+from neftlib.base.config import RunConfig, config_from_json, qlora_config
+from neftlib.base.recipes import load_config
 from neftlib.base.profiles import PROFILES
 
 
@@ -17,7 +18,7 @@ def test_paper_settings_in_gpu_profile():
     cfg = load_config("gpu-7b")
     assert cfg.model == "meta-llama/Llama-2-7b-hf"
     assert cfg.max_length == 512 and cfg.alpha == 5.0 and cfg.epochs == 3.0
-    assert cfg.batch_size * cfg.grad_accum == 128 and cfg.learning_rate == 5e-5
+    assert cfg.batch_size * cfg.grad_accum_for(1) == 128 and cfg.learning_rate == 5e-5  # effective batch 128
 
 
 def test_arms_differ_only_in_noise():

@@ -61,7 +61,7 @@ RUN = "drill"
 # A smoke run cut down further: 6 steps with checkpoints at 2 and 4, two arms, 4 prompts in 2 batches.
 KW = dict(arms=("baseline", "neftune"), train_limit=12, heldout_limit=4, loss_subset=4, max_length=48,
           batch_size=2, max_steps=6, save_every=2, eval_limit=4, gen_batch_size=2, gen_max_new_tokens=4,
-          agreement_pairs=0)
+          agreement_pairs=0, length_arms=())
 # Imported once by the forkserver, so that each killed child starts in a fraction of a second.
 PRELOAD = ["neftlib.pipeline.stages", "neftlib.training.train", "neftlib.evaluation.stage", "transformers.optimization", "accelerate"]
 
@@ -233,7 +233,7 @@ def test_killed_during_training_resumes_same_result(reference, results, tmp_path
     assert [p.name for p in arm.glob("checkpoint-*")] == ["checkpoint-2"]
     assert not (arm / "summary.json").exists() and not (arm / "DONE.json").exists()
     if fault == "writing a checkpoint":  # the half-written file sits in the staging folder, never read
-        assert [p.name for p in arm.glob(".staging/checkpoint-4/*.pt*") if p.stat().st_size > 0]
+        assert [p.name for p in arm.glob(".staging/checkpoint-4/*") if p.is_file() and p.stat().st_size > 0]
 
     stages.train_arms(_start(), "train", arms=["neftune"])  # the same command again
     _assert_same_training(arm, reference / "after_train" / "train" / "neftune")
@@ -320,7 +320,7 @@ def test_notebook_killed_after_its_outputs_is_rerun_not_skipped(results, monkeyp
     """A stage can be complete (DONE.json) while its notebook's later cells (figures) never ran."""
     import papermill
 
-    from neftlib.base.config import load_config
+    from neftlib.base.recipes import load_config
     from neftlib.pipeline.runner import run_pipeline
 
     run = results / "smoke"
@@ -399,7 +399,7 @@ def test_data_with_no_usable_rows_refused_in_data_prep(tmp_path, results):
 
 
 def test_model_not_available_offline_is_named_with_the_fix(monkeypatch):
-    from neftlib.base.config import load_config
+    from neftlib.base.recipes import load_config
     from neftlib.training.models import load_base, load_tokenizer
     from neftlib.training.memory import check_fits
 
@@ -418,7 +418,7 @@ def test_model_not_available_offline_is_named_with_the_fix(monkeypatch):
 def test_force_moves_earlier_run_aside_never_deletes_it(results, monkeypatch):
     import papermill
 
-    from neftlib.base.config import load_config
+    from neftlib.base.recipes import load_config
     from neftlib.pipeline.runner import run_pipeline
 
     earlier = results / "smoke"

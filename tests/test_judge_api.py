@@ -145,6 +145,23 @@ def test_both_orders_averaged(serve):
     assert len(server.requests) == 6
 
 
+def test_discrete_votes_per_order_and_soft_probabilities(serve):
+    # confident about the GOOD answer in both orders, except that the second prompt's reference-first order
+    # leans to A (the reference) at 0.7: a draw by votes, a soft preference of 1 + (0.9 + 0.3) / 2 = 1.6
+    def script(n, body):
+        content = body["messages"][0]["content"]
+        leaning = "Add 2 and 2." in content and answer_a(body) == REFS[1]
+        if leaning:
+            return 200, {}, reply("A", [top("A", A=0.7, B=0.3)])
+        good = prefers_good(body)
+        return 200, {}, reply(good, [top(good, **{good: 0.9, "AB".replace(good, ""): 0.1})])
+
+    judged = make_judge(serve(script)).judge_orders(INS, OUTS, REFS, progress=False)
+    assert [p for pair in judged.p_model for p in pair] == pytest.approx([0.9, 0.9, 0.9, 0.3, 0.1, 0.1])
+    assert judged.discrete() == [2.0, 1.5, 1.0] and judged.soft() == pytest.approx([1.9, 1.6, 1.1])
+    assert judged.clipped_output == [False] * 3  # whole answers are sent
+
+
 def test_config_from_environment(serve, monkeypatch):
     server = serve(ok(lambda body: "B"))
     monkeypatch.setenv("NEFTLIB_JUDGE_BASE_URL", server.url + "/")

@@ -31,6 +31,7 @@ LAZY_PACKAGES = {
     "alpaca_eval": "optional, paid GPT-4 judging, a clear install hint when missing",
     "datasets": "hub data only, when a named set has no local copy",
     "httpx": "hub data only, to tell an offline machine from a missing data set",
+    "huggingface_hub": "hub data, model cards and push_to_hub only: offline runs and readers of results skip it",
     "papermill": "only the runner executes notebooks",
     "rouge_score": "only when answers are scored",
     "sacrebleu": "only when answers are scored",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from neftlib.base.config import load_config
+from neftlib.base.recipes import load_config
 from neftlib.training.memory import GiB, check_fits, estimate_memory
 
 PROJ = Path(__file__).resolve().parents[1]
@@ -19,7 +19,7 @@ CHILD = """
 import json, resource, sys
 import psutil, torch
 from transformers import LlamaConfig, LlamaForCausalLM
-from neftlib.base.config import load_config
+from neftlib.base.recipes import load_config
 from neftlib.data.prepare import load_instructions, tokenize_rows
 from neftlib.training.memory import estimate_memory
 from neftlib.training.models import load_tokenizer

@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import load_file
 
 import neftlib.training.train as train_mod
-from neftlib.base.config import load_config
+from neftlib.base.recipes import load_config
 from neftlib.data.prepare import load_instructions, tokenize_rows
 from neftlib.training.models import load_base
 

@@ -416,3 +416,33 @@ def test_callback_seeding_and_refusal(model) -> None:
     with pytest.raises(ValueError, match="alpha"):
         NEFTuneCallback(-1.0)
     assert no_hooks(model, model.get_input_embeddings())
+
+
+def test_noise_dose_is_alpha_over_the_embedding_norm():
+    """Four examples, every embedding of norm r: E||noise||^2 = 4 alpha^2 / 3 over N real tokens of norm r."""
+    from neftlib.noise import noise_dose
+
+    torch.manual_seed(0)
+    lengths, d, r, alpha = [5, 9, 13, 17], 32, 3.0, 5.0
+    mask = torch.zeros(4, 17)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+    embeds = torch.nn.functional.normalize(torch.randn(4, 17, d), dim=-1) * r
+    gen = torch.Generator().manual_seed(1)
+    draws = [noise_dose(embeds, mask, alpha, generator=gen) for _ in range(300)]
+    expected = math.sqrt(4 * alpha**2 / 3 / (sum(lengths) * r**2))
+    assert sum(d**2 for d in draws) / len(draws) == pytest.approx(expected**2, rel=0.05)
+    # linear in alpha: the same draw at twice the alpha is twice the dose
+    one = noise_dose(embeds, mask, alpha, generator=torch.Generator().manual_seed(2))
+    two = noise_dose(embeds, mask, 2 * alpha, generator=torch.Generator().manual_seed(2))
+    assert two == pytest.approx(2 * one, rel=1e-6)
+
+
+def test_dose_table_gives_the_alpha_of_equal_dose():
+    from neftlib.data.prepare import load_instructions
+    from neftlib.training.dose import dose_table
+
+    rows, _ = load_instructions("mini", limit=8)
+    table = dose_table(["tiny-random", "tiny-random"], rows, 5.0, draws=3)
+    assert table["alpha_for_same_dose"].tolist() == pytest.approx([5.0, 5.0])
+    assert (table["noise_ratio"] > 0).all() and (table["tokens"] > 0).all()

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from neftlib.base.config import load_config
+from neftlib.base.recipes import load_config
 from neftlib.base.io import mark_done
 from neftlib.base.config import OPENLLM_V1, parse_tasks
 from neftlib.evaluation.openllm import run_tasks
@@ -74,17 +74,17 @@ def test_evaluation_stage_writes_openllm_and_the_full_win_rate_table(results):
     from neftlib.pipeline.stages import prepare_data, stage_dir, start_run
 
     arms = ("baseline", "neftune")
-    cfg = start_run("smoke", "openllm", arms=arms, qlora_arms=(), openllm_tasks=f"{TASK}:2")
+    cfg = start_run("smoke", "openllm", arms=arms, qlora_arms=(), length_arms=(), openllm_tasks=f"{TASK}:2")
     prepare_data(cfg)
     _fake_trained_arms(cfg, arms)
 
     wins = evaluate(cfg, progress=False)
     # every arm's win rate comes with its error bars, its length-controlled twin, its length and judge agreement
-    for col in ("win_rate", "standard_error", "ci_low", "ci_high", "lc_win_rate", "avg_length",
-                "judge_agreement", "agreement_n"):
+    for col in ("win_rate", "win_rate_soft", "standard_error", "ci_low", "ci_high", "lc_win_rate_approx",
+                "avg_length", "n_clipped", "judge_agreement", "agreement_n"):
         assert col in wins.columns, col
     assert list(wins["arm"]) == list(arms)
-    assert wins["lc_win_rate"].between(0, 100).all()
+    assert wins["lc_win_rate_approx"].between(0, 100).all()
 
     table = pd.read_csv(stage_dir(cfg, "eval") / "openllm.csv")
     assert list(table["arm"]) == list(arms)  # one row per arm and task

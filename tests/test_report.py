@@ -6,12 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from neftlib.analysis.claims import (HELD, NOISE, NOT_HELD, NOT_MEASURED, PARTLY, combine, difference_verdict, flat_verdict,
-                            interval_verdict, is_chat_model, log_diversity_of, ngram_counts, paired_bootstrap,
-                            pick_roles)
-from neftlib.base.io import write_csv, write_json
+from neftlib.analysis.claims import (HELD, NOISE, NOT_HELD, NOT_MEASURED, PARTLY, combine, difference_verdict,
+                                     flat_verdict, interval_verdict, is_chat_model, log_diversity_of, ngram_counts,
+                                     pick_roles)
+from neftlib.analysis.pairwise import paired_bootstrap, paired_win_rates
 from neftlib.analysis.paper import FIGURE1, paper_dataset
+from neftlib.base.io import write_csv, write_json
 from neftlib.evaluation.textstats import length_diversity_table, log_diversity, whitespace_tokens
+from neftlib.evaluation.winrate import bootstrap_ci
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_eval"
 
@@ -73,6 +75,23 @@ def test_paired_bootstrap_is_seeded_and_exact_for_a_constant_shift():
     assert all(math.isnan(v) for v in paired_bootstrap(lambda i: 0.0, 0))
 
 
+def test_win_rates_are_compared_paired_over_the_prompts():
+    # 60 prompts: the baseline wins the first 18 (30%), the treatment the same 18 and 6 more (40%). Each arm's own
+    # interval is about +-12 points, so the two overlap; the paired difference moves on 6 prompts only and is
+    # clearly above 0: only a paired comparison sees the change.
+    base, treat = (np.array([1.0] * k + [0.0] * (60 - k)) for k in (18, 24))
+    (bl, bh), (tl, th) = bootstrap_ci(base, seed=0), bootstrap_ci(treat, seed=0)
+    assert interval_verdict((bl, bh), (tl, th)) == NOISE
+    w = paired_win_rates(base, treat, n_boot=500)
+    assert (w["baseline"], w["treatment"], w["difference"], w["n"]) == (30.0, 40.0, 10.0, 60)
+    assert 0 < w["low"] < 10 < w["high"] and difference_verdict(w["low"], w["high"]) == HELD
+    # a prompt without a judgment in either arm leaves the comparison
+    treat[0] = np.nan
+    assert paired_win_rates(base, treat, n_boot=50)["n"] == 59
+    with pytest.raises(ValueError, match="same prompts"):
+        paired_win_rates(base, treat[:10])
+
+
 def test_log_diversity_from_counts_matches_textstats():
     answers = ["the cat sat on the mat and the cat sat again on a mat", "a b c d e f g h i j",
                "short one", "yes yes yes yes yes yes yes yes yes"]
@@ -126,7 +145,12 @@ def _make_run(root: Path, names: dict[str, str]) -> str:
                         "model": "tiny-random", "steps": 5, "examples": 40})
         rate, low, high = wins[role]
         table.append({"run": "fake", "stage": "train", "arm": arm, "judge": "local:tiny-random", "win_rate": rate,
-                      "ci_low": low, "ci_high": high, "judge_agreement": 0.6, "agreement_n": 40})
+                      "ci_low": low, "ci_high": high, "judge_agreement": 0.6, "agreement_n": 40,
+                      "n_clipped": 3 if role == "neftune" else 0})
+        # per prompt: the model wins the first rate% of the 60 prompts (the same prompts for every arm)
+        write_json(run / "eval" / f"train-{arm}" / "annotations.json",
+                   [{"instruction": f"p{i}", "output_1": "ref", "output_2": "x", "preference": 2 if i < rate * 0.6 else 1}
+                    for i in range(60)])
         n = words[role] + np.arange(60) % 7  # every word unique: log-diversity at its cap for every arm
         write_json(run / "eval" / f"train-{arm}" / "model_outputs.json",
                    [{"instruction": f"p{i}", "output": " ".join(f"w{i}x{k}" for k in range(n[i])),
@@ -170,6 +194,10 @@ def test_report_verdicts_from_results(tmp_path, monkeypatch, names):
     assert verdicts["openllm_flat"] == HELD  # eval/openllm.csv: (stage, arm, task, value, stderr)
     assert tables["claims"].set_index("claim_id")["published_verdict"]["win_rate_up"] == NOT_MEASURED
     assert names["neftune"] in tables["claims"].set_index("claim_id")["arms"]["win_rate_up"]
+    # answers the judge saw clipped are named wherever the win rate is shown
+    assert "the judge saw 3 of these arms' answers clipped" in tables["claims"].set_index("claim_id")["measured"][
+        "win_rate_up"]
+    assert tables["arms"].set_index("arm")["n_clipped"][names["neftune"]] == 3
 
     folder = tmp_path / run / "report"
     assert {p.name for p in folder.iterdir()} >= {f"{t}.csv" for t in REPORT_TABLES} | {"summary.md", "DONE.json"}
@@ -360,10 +388,23 @@ def test_published_answers_are_measured_beside_table5(results, monkeypatch):
     paper = build_report(run, n_boot=200)["paper_vs_ours"].set_index("metric")
     win = paper.loc["win rate (%), Alpaca-7B -> Alpaca-7B-NEFT"]
     assert (win["paper_table"], win["paper_before"], win["paper_after"]) == ("Table 5", 32.36, 61.99)
-    assert win["ours_before"] == pytest.approx(26.46, abs=0.01) and win["ours_after"] > 50
+    # the leaderboard's 26.46 is over all 805 prompts; paired, over the 803 both models have judged: 26.53
+    assert win["ours_before"] == pytest.approx(26.53, abs=0.01) and win["ours_after"] > 50
     assert win["ours_judge_scale"] == "gpt4" and bool(win["same_judge"])
     chars = paper.loc["answer length (characters), Alpaca-7B -> Alpaca-7B-NEFT"]
     assert chars["paper_before"] == 375.22 and chars["ours_after"] > 2 * chars["ours_before"]
     # the published answers' log-diversity on the release code's scale, beside Table 4's (LLaMA-2) numbers
     div = paper.loc[[m for m in paper.index if m.startswith("log-diversity (release code") and "alpaca pair" in m][0]]
     assert div["paper_before"] == 15.97 and 10 < div["ours_before"] < 20
+
+
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="needs the published AlpacaEval answers in ../shared/data")
+def test_published_win_rates_are_compared_paired(monkeypatch):
+    from neftlib.analysis.report import published_win_row
+
+    monkeypatch.setenv("NEFTLIB_DATA_DIR", str(REAL_DATA.parent))
+    row = published_win_row("win_rate_up", "alpaca", ("alpaca-7b", "alpaca-7b-neft"), n_boot=300)
+    # the 803 prompts GPT-4 judged for both models (Alpaca-7B-NEFT's file has two nulls)
+    assert row["note"].startswith("803 prompts") and row["verdict"] == HELD
+    assert row["baseline"] == pytest.approx(100 * (205 + 8) / 805, abs=0.3) and row["treatment"] > 60
+    assert 0 < row["low"] < row["difference"] < row["high"] and row["basis"].startswith("paired bootstrap")

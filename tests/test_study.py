@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from neftlib.base.config import load_config
+from neftlib.base.recipes import load_config
 
 
 def test_new_token_counts_and_the_cap(tokenizer):

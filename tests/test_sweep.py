@@ -4,7 +4,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from neftlib.base.config import load_config, parse_arm
+from neftlib.base.config import parse_arm
+from neftlib.base.recipes import load_config
 from neftlib.base.profiles import sweep_arms
 from neftlib.analysis.sweep import alpha_effects
 

@@ -10,7 +10,8 @@ import torch
 
 import neftlib.data.batching as batching
 import neftlib.training.train as train_mod
-from neftlib.base.config import load_config, qlora_config
+from neftlib.base.config import qlora_config
+from neftlib.base.recipes import load_config
 from neftlib.data.prepare import load_instructions, tokenize_rows
 from neftlib.training.train import train
 

@@ -44,7 +44,9 @@ def test_summary_by_hand():
     assert s["standard_error"] == pytest.approx(100 * math.sqrt(0.175 / 5))
     assert (s["n_wins"], s["n_wins_base"], s["n_draws"], s["n_total"]) == (2, 1, 2, 5)
     assert s["avg_length"] == 15  # int(15.5), as the leaderboard truncates
-    assert set(s) == {"win_rate", "standard_error", "n_wins", "n_wins_base", "n_draws", "n_total", "avg_length"}
+    assert set(s) == {"win_rate", "standard_error", "n_wins", "n_wins_base", "n_draws", "n_total", "avg_length",
+                      "win_rate_soft"}
+    assert s["win_rate_soft"] == pytest.approx(60.0)  # discrete preferences: the two rules agree
 
 
 def test_soft_preferences_follow_alpaca_eval():

@@ -2,23 +2,25 @@
 
 Verdicts: "held" (the effect the paper reports, beyond noise), "not held" (the opposite effect beyond
 noise, or a difference where the paper reports none), "within noise" (the intervals cannot tell),
-"partly held" (one part of a two-part claim held), "not measured here". Win rates use each arm's
-bootstrap 95% interval, and a change counts only when the two intervals do not overlap; every other
-metric uses a paired bootstrap 95% interval of the difference (the same prompts or examples resampled
-for both arms). Everything is read from results/<run>/; nothing is retrained or regenerated.
+"partly held" (one part of a two-part claim held), "not measured here". Every metric, win rates included,
+uses a paired bootstrap 95% interval of the difference (the same prompts or examples resampled for both
+arms); a win rate's per-prompt values are the judge's discrete votes (eval/<stage>-<arm>/annotations.json).
+Everything is read from results/<run>/; nothing is retrained or regenerated.
 """
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
+from neftlib.analysis.pairwise import paired_bootstrap, paired_win_rates
 from neftlib.base.paths import run_dir
 from neftlib.evaluation.textstats import LOG_DIVERSITY_CAP, bleu, log_diversity_release_values, whitespace_tokens
+from neftlib.evaluation.winrate import prompt_win_values
 
 HELD, NOT_HELD, NOISE, PARTLY, NOT_MEASURED = "held", "not held", "within noise", "partly held", "not measured here"
 DIVERSITY_MARGIN = 0.10  # "unchanged" log-diversity: the difference's interval within +-10% of the baseline's value
@@ -68,23 +70,6 @@ def combine(verdicts: Sequence[str]) -> str:
     if len(measured) == len(verdicts) and all(v == HELD for v in measured):
         return HELD
     return PARTLY if HELD in measured else NOISE
-
-
-# ---------- paired bootstraps ----------
-
-def paired_bootstrap(stat: Callable[[np.ndarray], float], n: int, n_boot: int = 2000, seed: int = 0,
-                     level: float = 0.95) -> tuple[float, float, float]:
-    """stat(indices) on all n items, and its percentile interval over n_boot resamples of the items."""
-    if n < 1:
-        return math.nan, math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    draws = np.array([stat(rng.integers(0, n, n)) for _ in range(n_boot)], dtype=float)
-    draws = draws[np.isfinite(draws)]
-    if draws.size == 0:
-        return float(stat(np.arange(n))), math.nan, math.nan
-    tail = (1.0 - level) / 2.0
-    low, high = np.quantile(draws, [tail, 1.0 - tail])
-    return float(stat(np.arange(n))), float(low), float(high)
 
 
 def ngram_counts(outputs: Sequence[str], cutoff: int) -> np.ndarray:
@@ -176,7 +161,8 @@ def arm_table(run: str) -> pd.DataFrame:
                              "examples") if c in arms]]
     wins = read_table(folder / "eval" / "winrates.csv")
     if wins is not None:
-        keep = [c for c in ("win_rate", "ci_low", "ci_high", "avg_length") if c in wins]
+        keep = [c for c in ("win_rate", "win_rate_soft", "ci_low", "ci_high", "lc_win_rate_approx", "n_clipped",
+                            "avg_length") if c in wins]
         arms = arms.merge(wins[["stage", "arm", *keep]], how="left")
     over = read_table(folder / "analysis" / "overfitting.csv")
     if over is not None:
@@ -238,7 +224,7 @@ CLAIMS = {
     "length_diversity": "Longer answers with unchanged diversity",
     "gaussian": "Gaussian noise: longer answers without the gain",
 }
-WIN_BASIS = "each arm's bootstrap 95% interval; a change needs non-overlapping intervals"
+WIN_BASIS = "paired bootstrap 95% interval of the difference over the prompts judged for both arms (discrete votes)"
 PAIRED_BASIS = "paired bootstrap 95% interval of the difference"
 
 
@@ -272,17 +258,30 @@ class RunEvidence:
         rows = _json(self.folder / "eval" / f"{stage}-{arm}" / f"{name}.json")
         return None if rows is None else [r["output"] for r in rows]
 
+    def _wins(self, stage: str, arm: str) -> np.ndarray | None:
+        path = self.folder / "eval" / f"{stage}-{arm}" / "annotations.json"
+        return prompt_win_values(path) if path.exists() else None
+
+    def _clipped(self, stage: str, pair: tuple) -> str:
+        """A note when the judge saw answers of these arms clipped to fit its context."""
+        if "n_clipped" not in self.arms:
+            return ""
+        rows = self.arms[(self.arms["stage"] == stage) & self.arms["arm"].isin(pair)]
+        n = int(rows["n_clipped"].fillna(0).sum())
+        return f"; the judge saw {n} of these arms' answers clipped to fit its context" if n else ""
+
     def win_rate(self, claim: str, stage: str, pair: tuple, expect: str = "higher", part: str = "win rate") -> dict:
         if None in pair:
             return unmeasured(claim, part, stage, pair, f"no such pair of arms in stage {stage!r}")
-        b, t = self._arm(stage, pair[0]), self._arm(stage, pair[1])
-        if b is None or t is None or "win_rate" not in b or pd.isna(b["win_rate"]) or pd.isna(t["win_rate"]):
-            return unmeasured(claim, part, stage, pair, "no win rates (eval/winrates.csv) for these arms")
-        verdict = interval_verdict((b["ci_low"], b["ci_high"]), (t["ci_low"], t["ci_high"]), expect)
-        return evidence_row(claim, part, stage, pair, verdict, f"judge: {self.info['judge']}", basis=WIN_BASIS,
-                            baseline=b["win_rate"], treatment=t["win_rate"],
-                            difference=t["win_rate"] - b["win_rate"], baseline_low=b["ci_low"],
-                            baseline_high=b["ci_high"], treatment_low=t["ci_low"], treatment_high=t["ci_high"])
+        values = [self._wins(stage, a) for a in pair]
+        if any(v is None for v in values) or len(values[0]) != len(values[1]):
+            return unmeasured(claim, part, stage, pair,
+                              "no per-prompt judgments (eval/<stage>-<arm>/annotations.json) for these arms")
+        w = paired_win_rates(values[0], values[1], self.n_boot, self.seed)
+        return evidence_row(claim, part, stage, pair, difference_verdict(w["low"], w["high"], expect),
+                            f"judge: {self.info['judge']}; {w['n']} prompts judged for both arms"
+                            + self._clipped(stage, pair), basis=WIN_BASIS,
+                            **{k: w[k] for k in ("baseline", "treatment", "difference", "low", "high")})
 
     def _paired(self, claim, part, stage, pair, stat_b, stat_t, n, verdict_of, n_boot=None) -> dict:
         point, low, high = paired_bootstrap(lambda i: stat_t(i) - stat_b(i), n, n_boot or self.n_boot, self.seed)

@@ -45,7 +45,8 @@ def _ours_label(about: dict, judged: bool = True, stage: str = "") -> str:
 
 def draw_win_rates(ours: pd.DataFrame, about: dict) -> Figure | None:
     """Each of our arms' win rate with its 95% interval, beside the paper's Table 1 pair for the same data
-    (GPT-4 judge); `ours` has label, stage_name, win_rate, ci_low, ci_high. None when nothing was judged."""
+    (GPT-4 judge); `ours` has label, stage_name, win_rate, ci_low, ci_high (and n_clipped: answers the judge saw
+    clipped to fit its context, named in the title). None when nothing was judged."""
     ours = ours[ours["win_rate"].notna()]
     if ours.empty:
         return None
@@ -61,9 +62,11 @@ def draw_win_rates(ours: pd.DataFrame, about: dict) -> Figure | None:
     grouped_bars(ax, groups)
     figure_legend(fig)
     ax.axhline(50, color="grey", lw=0.8, ls=":")
-    ax.set(ylabel=label("win_rate") + ", 95% interval", ylim=(0, 100))
+    ax.set(ylabel=label("win_rate") + ", discrete votes, 95% interval", ylim=(0, 100))
+    clipped = int(ours["n_clipped"].fillna(0).sum()) if "n_clipped" in ours else 0
     headline(fig, "Win rate against Text-Davinci-003's answers: the paper beside this run",
-             "A win rate is only comparable with one from the same judge; 50% = as good as the reference.")
+             "A win rate is only comparable with one from the same judge; 50% = as good as the reference."
+             + (f" Our judge saw {clipped} answers clipped to fit its context." if clipped else ""))
     return fig
 
 

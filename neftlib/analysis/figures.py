@@ -64,7 +64,7 @@ def win_rates(run: str, judge: str | None = None) -> Figure | None:
         return None
     ours = frame.merge(labelled_arms(run)[["stage", "arm", "label", "stage_name"]], how="left")
     ours["label"] = ours["label"].fillna(ours["arm"])
-    ours["stage_name"] = ours["stage_name"].fillna(ours["stage"])
+    ours["stage_name"] = ours["stage_name"].fillna(ours["stage"].replace({"length": "length-only (baseline model)"}))
     fig = draw_win_rates(ours, run_about(run))
     return save_run(fig, run, "win_rates") if fig is not None else None
 
@@ -128,8 +128,8 @@ def figure1(run: str) -> Figure:
     wins = read_table(run_dir(run) / "eval" / "winrates.csv")
     ours = None
     if wins is not None and "win_rate" in wins:
-        ours = wins.merge(labelled_arms(run)[["stage", "arm", "label", "stage_name"]], how="left")
-        ours["label"] = ours["label"].fillna(ours["arm"])
+        # trained arms only: the length-only arms belong to Table 5, not Figure 1
+        ours = wins.merge(labelled_arms(run)[["stage", "arm", "label", "stage_name"]], how="inner")
     return save_run(draw_figure1(ours, _published(run), run_about(run)), run, "figure1_paper_vs_ours")
 
 

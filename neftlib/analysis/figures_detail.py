@@ -9,7 +9,8 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from rouge_score import rouge_scorer
 
-from neftlib.analysis.claims import paired_bootstrap, pick_roles, read_table, run_info
+from neftlib.analysis.claims import pick_roles, read_table, run_info
+from neftlib.analysis.pairwise import paired_bootstrap
 from neftlib.analysis.paper import cell
 from neftlib.analysis.paper_rows import T6
 from neftlib.analysis.plots import (PAPER_COLOR, figure_legend, grouped_bars, headline, interval_bars, label,

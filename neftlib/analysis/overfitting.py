@@ -5,20 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from neftlib.analysis.claims import log_diversity_of, ngram_counts, paired_bootstrap, release_values
+from neftlib.analysis.claims import log_diversity_of, ngram_counts, release_values
+from neftlib.analysis.length_table import length_only_table
+from neftlib.analysis.pairwise import paired_bootstrap
+from neftlib.analysis.run_variance import run_components
 from neftlib.base.config import RunConfig, stage_config
-from neftlib.base.run import load_prepared, stage_dir, trained_arms
+from neftlib.base.io import is_done, mark_done, read_json, write_csv
+from neftlib.base.paths import data_dir
+from neftlib.base.progress import tqdm
+from neftlib.base.run import LENGTH_STAGE, load_prepared, stage_dir, trained_arms
 from neftlib.data.batching import collate
 from neftlib.data.prepare import IGNORE_INDEX
 from neftlib.evaluation.stage import arm_outputs
-from neftlib.base.io import is_done, mark_done, read_json, write_csv
-from neftlib.training.models import load_tokenizer
-from neftlib.base.paths import data_dir
 from neftlib.evaluation.textstats import analyze_files, bleu, length_diversity_table, load_model_outputs, rouge_l
 from neftlib.evaluation.winrate import bootstrap_ci, load_annotations, summarize_preferences, win_values
-from neftlib.analysis.run_variance import run_components
+from neftlib.training.models import load_tokenizer
 from neftlib.training.train import load_trained
 
 # The paper's before/after answers as published on the AlpacaEval leaderboard (NEFTLIB_DATA_DIR/alpaca_eval/).
@@ -57,8 +59,9 @@ def overfitting_table(cfg: RunConfig, progress: bool = True) -> pd.DataFrame:
 
 
 def diversity_table(cfg: RunConfig) -> pd.DataFrame:
-    """Length, n-gram repetition and log-diversity of each arm's evaluation answers."""
-    folders = {f"{stage}-{arm}": stage_dir(cfg, "eval") / f"{stage}-{arm}" for stage, arm, _ in trained_arms(cfg)}
+    """Length, n-gram repetition and log-diversity of each arm's evaluation answers (length arms included)."""
+    labels = [f"{stage}-{arm}" for stage, arm, _ in trained_arms(cfg)] + [f"{LENGTH_STAGE}-{a}" for a in cfg.length_arms]
+    folders = {label: stage_dir(cfg, "eval") / label for label in labels}
     outputs = {label: [o["output"] for o in read_json(folder / "model_outputs.json")] for label, folder in folders.items()}
     rows = length_diversity_table(outputs, cfg.diversity_cutoff)
     for row in rows:
@@ -162,8 +165,9 @@ ANALYSIS_TABLES = ("overfitting", "diversity", "example_losses", "published_dive
 
 def analyze_run(cfg: RunConfig, progress: bool = True) -> dict[str, pd.DataFrame]:
     """Every table, written to results/<run>/analysis/: overfitting.csv, diversity.csv, example_losses.csv
-    (per-example loss without noise), published_diversity.csv (the paper's published answers) and
-    variance_components.csv (the run's own spread between prompts and seeds, and the change it could detect).
+    (per-example loss without noise), published_diversity.csv (the paper's published answers),
+    variance_components.csv (the run's own spread between prompts and seeds, and the change it could detect)
+    and, when the profile has length arms, length_only.csv (neftlib.analysis.length_table).
 
     Each table is written atomically and kept: a rerun (or a run finished by an older version) only
     computes the tables that are missing.
@@ -173,8 +177,10 @@ def analyze_run(cfg: RunConfig, progress: bool = True) -> dict[str, pd.DataFrame
              "example_losses": lambda: example_losses_table(cfg, progress),
              "published_diversity": lambda: published_table(cfg.run_name, seed=cfg.seed),
              "variance_components": lambda: _variance_components(cfg)}
+    if cfg.length_arms:  # the paper's Table 5: length-only arms beside baseline and NEFTune, paired
+        build["length_only"] = lambda: length_only_table(cfg.run_name, cfg.diversity_cutoff, seed=cfg.seed)
     tables = {}
-    for name in ANALYSIS_TABLES:
+    for name in build:
         path = out / f"{name}.csv"
         if path.exists():
             tables[name] = pd.read_csv(path)
@@ -182,5 +188,5 @@ def analyze_run(cfg: RunConfig, progress: bool = True) -> dict[str, pd.DataFrame
         tables[name] = build[name]()
         write_csv(path, tables[name].to_dict("records"))
     if not is_done(out):
-        mark_done(out, tables=list(ANALYSIS_TABLES))
+        mark_done(out, tables=list(build))
     return tables

@@ -63,7 +63,7 @@ class _Ours:
                 "ours_alpha": None if published else self.alpha_of(r["stage"], r["treatment_arm"]),
                 "ours_arms": f"{r['stage']}: {r['baseline_arm']} -> {r['treatment_arm']}",
                 "ours_before": r["baseline"], "ours_after": r["treatment"], "ours_difference": r["difference"],
-                "ours_interval": _interval(r), "ours_verdict": r["verdict"],
+                "ours_interval": _interval(r), "ours_verdict": r["verdict"], "ours_note": r["note"],
                 "ours_detectable_effect": r.get("detectable_effect", math.nan)}
 
     def from_arms(self, stage: str, pair: tuple, column: str) -> dict | None:

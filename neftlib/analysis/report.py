@@ -1,23 +1,26 @@
 """Stage 06: the paper's numbers beside ours, and a verdict per claim computed from results/<run>/ alone.
 
 Writes results/<run>/report/: paper_vs_ours.csv, claims.csv (one row per claim), claim_evidence.csv (one
-row per measured part, with its interval), arms.csv (every trained arm and its metrics) and summary.md.
-The verdict rules and intervals are in `neftlib.analysis.claims`; the paper's numbers in `neftlib.analysis.paper` (every table,
-set beside ours by `neftlib.analysis.paper_compare`); the smallest effect each verdict could have detected in
-`neftlib.analysis.detectable`.
+row per measured part, with its interval), arms.csv (every trained arm and its metrics), summary.md and,
+where the run has length-only arms, length_only.csv (them beside the paper's Table 5, neftlib.analysis.length_table).
+The verdict rules and intervals are in `neftlib.analysis.claims`; the paper's numbers in `neftlib.analysis.paper`
+(every table, set beside ours by `neftlib.analysis.paper_compare`); the smallest effect each verdict could have
+detected in `neftlib.analysis.detectable`.
 """
 from __future__ import annotations
 
 import pandas as pd
 
-from neftlib.analysis.claims import (CLAIMS, DIVERSITY_MARGIN, DIVERSITY_PART, FORMULA_PART, NOISE, NOT_HELD, NOT_MEASURED,
-                            WIN_BASIS, RunEvidence, combine, evidence_row, flat_verdict, interval_verdict,
-                            is_chat_model, pick_roles, read_table, unmeasured)
+from neftlib.analysis.claims import (CLAIMS, DIVERSITY_MARGIN, DIVERSITY_PART, FORMULA_PART, NOISE, NOT_HELD,
+                                     NOT_MEASURED, WIN_BASIS, RunEvidence, combine, difference_verdict, evidence_row,
+                                     flat_verdict, interval_verdict, is_chat_model, pick_roles, read_table, unmeasured)
 from neftlib.analysis.detectable import add_detectable_effects, detectable_text
-from neftlib.base.io import mark_done, write_csv
+from neftlib.analysis.length_table import length_only_report
+from neftlib.analysis.pairwise import published_win_rates
 from neftlib.analysis.paper import PAPER, STATEMENTS
 from neftlib.analysis.paper_compare import headline, paper_vs_ours
 from neftlib.analysis.sweep import sweep_conclusion
+from neftlib.base.io import mark_done, write_csv
 from neftlib.base.paths import run_dir
 
 REPORT_TABLES = ("paper_vs_ours", "claims", "claim_evidence", "arms")
@@ -50,7 +53,17 @@ def our_evidence(ev: RunEvidence, roles: dict[str, dict] | None = None) -> list[
     return [{"scope": "ours", **p} for p in parts]
 
 
-def published_evidence(run: str) -> list[dict]:
+def published_win_row(claim: str, pair: str, models: tuple, n_boot: int = 2000, seed: int = 0) -> dict:
+    """The GPT-4 win rates of a published before/after pair, compared over the same 805 prompts (paired)."""
+    w = published_win_rates(models, n_boot, seed)
+    if w is None:
+        return unmeasured(claim, "GPT-4 win rate, published answers", pair, models, "published annotations not found")
+    return evidence_row(claim, "GPT-4 win rate, published answers", pair, models,
+                        difference_verdict(w["low"], w["high"]), f"{w['n']} prompts judged for both models",
+                        basis=WIN_BASIS, **{k: w[k] for k in ("baseline", "treatment", "difference", "low", "high")})
+
+
+def published_evidence(run: str, n_boot: int = 2000, seed: int = 0) -> list[dict]:
     """The same claims on the paper's published answers (analysis/published_diversity.csv), where they apply."""
     table = read_table(run_dir(run) / "analysis" / "published_diversity.csv")
     if table is None or "win_rate" not in table or not (table["status"] == "ok").all():
@@ -61,11 +74,7 @@ def published_evidence(run: str) -> list[dict]:
     for pair, claim in (("alpaca", "win_rate_up"), ("chat", "chat_gain")):
         b, t = (table[(table["pair"] == pair) & (table["arm"] == arm)].iloc[0] for arm in ("baseline", "neftune"))
         models = (b["model"], t["model"])
-        parts.append(evidence_row(claim, "GPT-4 win rate, published answers", pair, models,
-                                  interval_verdict((b["ci_low"], b["ci_high"]), (t["ci_low"], t["ci_high"])),
-                                  basis=WIN_BASIS, baseline=b["win_rate"], treatment=t["win_rate"],
-                                  difference=t["win_rate"] - b["win_rate"], baseline_low=b["ci_low"],
-                                  baseline_high=b["ci_high"], treatment_low=t["ci_low"], treatment_high=t["ci_high"]))
+        parts.append(published_win_row(claim, pair, models, n_boot, seed))
         parts.append(evidence_row("length_diversity", f"answer length (characters), {pair} pair", pair, models,
                                   interval_verdict((b["avg_chars_low"], b["avg_chars_high"]),
                                                    (t["avg_chars_low"], t["avg_chars_high"])),
@@ -92,6 +101,8 @@ def published_evidence(run: str) -> list[dict]:
 def _describe(r: pd.Series) -> str:
     if r["verdict"] == NOT_MEASURED:
         return f"{r['part']}: not measured ({r['note']})"
+    # a win rate from answers the judge saw clipped says so wherever it is shown
+    clipped = f" ({str(r['note']).split('; ')[-1]})" if "clipped to fit" in str(r["note"]) else ""
     if pd.notna(r["baseline_low"]):
         text = (f"{r['part']}: {r['baseline']:.4g} [{r['baseline_low']:.4g}, {r['baseline_high']:.4g}] -> "
                 f"{r['treatment']:.4g} [{r['treatment_low']:.4g}, {r['treatment_high']:.4g}]: {r['verdict']}")
@@ -102,7 +113,7 @@ def _describe(r: pd.Series) -> str:
                 f"(difference {r['difference']:+.4g}{interval}): {r['verdict']}{moved}")
     if r["verdict"] == NOISE and pd.notna(r.get("detectable_effect")):
         text += f" ({detectable_text(r['detectable_effect'])})"
-    return text
+    return text + clipped
 
 
 def claims_table(evidence: pd.DataFrame, info: dict, paper: pd.DataFrame) -> pd.DataFrame:
@@ -156,7 +167,7 @@ def build_report(run: str, roles: dict[str, dict] | None = None, n_boot: int = 2
     if ev.arms.empty:
         raise FileNotFoundError(f"{run_dir(run)} has no trained arms (train/summary.csv): run 01-05 first")
     roles = roles or {stage: pick_roles(ev.arms, stage, ev.info["alpha"]) for stage in ("train", "qlora")}
-    evidence = pd.DataFrame(our_evidence(ev, roles) + published_evidence(run))
+    evidence = pd.DataFrame(our_evidence(ev, roles) + published_evidence(run, n_boot, seed))
     evidence = add_detectable_effects(evidence, ev.arms)
     effects = read_table(run_dir(run) / "analysis" / "alpha_effects.csv")
     paper = paper_vs_ours(evidence, ev.info, ev.arms, roles, effects)
@@ -169,6 +180,11 @@ def build_report(run: str, roles: dict[str, dict] | None = None, n_boot: int = 2
     if effects is not None:
         conclusion = sweep_conclusion(effects)
         summary += f"\n\n{conclusion}" if conclusion else ""
+    length, length_text = length_only_report(run)  # the paper's Table 5 beside our length-only arms
+    if not length.empty:
+        tables["length_only"] = length
+        write_csv(out / "length_only.csv", length.astype(object).where(length.notna(), None).to_dict("records"))
+        summary += f"\n\n{length_text}"
     tmp = out / ".summary.md.tmp"
     tmp.write_text(summary + "\n", encoding="utf-8")
     tmp.replace(out / "summary.md")

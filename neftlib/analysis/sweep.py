@@ -36,12 +36,15 @@ def arm_metrics(cfg: RunConfig) -> pd.DataFrame:
         label = f"{stage}-{arm}"
         row = {"run": cfg.run_name, "stage": stage, "arm": arm, "model": cfg.model, "alpha": summary["alpha"],
                "distribution": summary["distribution"], "seed": summary.get("seed", cfg.seed)}
+        if (folder / "log.csv").exists():  # the dose: ||noise|| / ||embedding|| averaged over the training steps
+            row["noise_ratio"] = float(pd.read_csv(folder / "log.csv")["noise_ratio"].mean())
         for frame, key in ((over, over["stage"] + "-" + over["arm"]), (div, div["label"]),
                            (wins, wins["stage"] + "-" + wins["arm"])):
             match = frame[key == label]
             if not match.empty:
                 row.update({k: v for k, v in match.iloc[0].items() if k in METRICS or k in (
-                    "ci_low", "ci_high", "judge_agreement", "n_kept", "cap_share", "avg_new_tokens")})
+                    "ci_low", "ci_high", "judge_agreement", "n_kept", "cap_share", "avg_new_tokens", "win_rate_soft",
+                    "n_clipped")})
         rows.append(row)
     return pd.DataFrame(rows)
 

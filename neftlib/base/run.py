@@ -11,6 +11,10 @@ from neftlib.base.config import RunConfig, stage_config
 from neftlib.base.io import is_done, read_jsonl
 from neftlib.base.paths import run_dir
 
+# eval/length-<arm>/: answers of the length-only arms (the paper's Table 5), the baseline model prompted to write
+# more, no training (neftlib.evaluation.length_arms); a stage of its own beside "train" and "qlora".
+LENGTH_STAGE = "length"
+
 
 def stage_dir(cfg: RunConfig, name: str) -> Path:
     return run_dir(cfg.run_name) / name

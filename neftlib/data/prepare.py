@@ -88,7 +88,8 @@ def _local_file(key: str) -> Path | None:
 def resolve_train_source(name: str) -> Path:
     """The local file behind a training-data name: 'mini', 'auto', a source name (sources.SOURCES) or a path.
 
-    A source name without a local copy raises FileNotFoundError (load_instructions then tries the hub);
+    A source name (or 'hf:ORG/NAME') without a local copy raises FileNotFoundError (load_instructions then
+    tries the hub);
     'mini' and 'auto' always resolve ('auto': the local Alpaca file, else the mini set).
     """
     if name == "mini":
@@ -104,22 +105,25 @@ def resolve_train_source(name: str) -> Path:
     path = Path(name).expanduser()
     if not path.exists():
         raise FileNotFoundError(
-            f"train_data={name!r}: no such file; use 'mini', 'auto', one of {', '.join(sources.SOURCES)} or a path")
+            f"train_data={name!r}: no such file; use 'mini', 'auto', one of {', '.join(sources.SOURCES)}, "
+            "'hf:ORG/NAME' (a hub dataset) or a path")
     return path
 
 
-def load_instructions(source: str, *, seed: int = 0, limit: int | None = None,
-                      drop_bad: bool = False) -> tuple[list[dict[str, str]], DataReport]:
+def load_instructions(source: str, *, seed: int = 0, limit: int | None = None, drop_bad: bool = False,
+                      columns: dict[str, str] | None = None) -> tuple[list[dict[str, str]], DataReport]:
     """{instruction, input, output} rows of any of the paper's schemas, after a seeded shuffle and a row limit.
 
-    A source name reads its file in NEFTLIB_DATA_DIR, else the hub's train split (FileNotFoundError offline).
+    A source name ('alpaca', ..., or 'hf:ORG/NAME') reads its file in NEFTLIB_DATA_DIR, else the hub's train
+    split (FileNotFoundError offline). `columns` maps our field names to the data's own (ours -> theirs).
     """
     key = sources.source_key(source)
     if key is not None and _local_file(key) is None:
-        raw, origin = sources.hub_rows(key, data_dir()), f"hub:{sources.SOURCES[key].hub_id}"
+        raw, origin = sources.hub_rows(key, data_dir()), f"hub:{sources.spec_of(key).hub_id}"
     else:
         path = resolve_train_source(source)
         raw, origin = _read_rows(path), str(path)
+    raw = sources.map_columns(raw, dict(columns or {}), origin)
     report = DataReport(source=origin, rows_read=len(raw))
     try:
         report.schema, rows = sources.convert_rows(raw, origin, drop_bad, report.drop)
@@ -144,17 +148,14 @@ def load_eval_set(source: str = "auto", *, seed: int = 0, limit: int | None = No
         root = data_dir()
         path = root / "alpaca_eval" / "text_davinci_003.json" if root else None
         if path is None or not path.exists():
+            path = MINI_EVAL  # 'auto' never uses the hub: offline by default
             if source == "alpaca_eval":
-                raise FileNotFoundError(
-                    "eval_data='alpaca_eval' needs alpaca_eval/text_davinci_003.json in NEFTLIB_DATA_DIR "
-                    f"(now {str(root) if root else 'unset'})"
-                )
-            path = MINI_EVAL
+                path = Path(f"hub:{sources.ALPACA_EVAL_HUB[0]}")
     elif source == "mini":
         path = MINI_EVAL
     else:
         path = Path(source).expanduser()
-    rows = _read_rows(path)
+    rows = sources.alpaca_eval_hub_rows(data_dir()) if str(path).startswith("hub:") else _read_rows(path)
     for i, row in enumerate(rows):
         for name in ("instruction", "output"):
             if not isinstance(row.get(name), str):

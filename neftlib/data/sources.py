@@ -2,10 +2,13 @@
 {instruction, input, output} rows. See docs/datasets.md for the facts behind each entry."""
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+from neftlib.base.config import MAPPABLE
 
 Row = dict[str, str]
 
@@ -28,6 +31,9 @@ SOURCES: dict[str, Source] = {
     "sharegpt": Source("anon8231489123/ShareGPT_Vicuna_unfiltered", ("ShareGPT_V3_unfiltered_cleaned_split.json",),
                        data_files="ShareGPT_V3_unfiltered_cleaned_split.json", prompt_format="vicuna"),
 }
+HF_PREFIX = "hf:"  # train_data="hf:ORG/NAME": any hub dataset with instruction/input/output or conversation columns
+# The 805 AlpacaEval prompts with Text-Davinci-003's answers, as the hub dataset ships them.
+ALPACA_EVAL_HUB = ("tatsu-lab/alpaca_eval", "alpaca_eval.json")
 # ShareGPT speaker names; FastChat's data uses human/gpt, other exports user/assistant.
 USER_ROLES = ("human", "user")
 ASSISTANT_ROLES = ("gpt", "assistant")
@@ -50,23 +56,39 @@ def _seen(row: dict) -> str:
 
 
 def source_key(name: str) -> str | None:
-    """The registry name behind a training-data name ('Open_Platypus' -> 'open-platypus'), or None."""
+    """The key behind a training-data name: 'Open_Platypus' -> 'open-platypus', 'hf:ORG/NAME' as it is; else None."""
+    if name.strip().startswith(HF_PREFIX):
+        hub_id = name.strip()[len(HF_PREFIX):]
+        org, _, repo = hub_id.partition("/")
+        if not org or not repo or "/" in repo:
+            raise ValueError(f"train_data={name!r}: write a hub dataset as 'hf:ORG/NAME', e.g. 'hf:tatsu-lab/alpaca'")
+        return HF_PREFIX + hub_id
     key = name.strip().lower().replace("_", "-")
     return key if key in SOURCES else None
 
 
+def spec_of(key: str) -> Source:
+    """The Source of a key from source_key: a named set, or any hub dataset (local copy: <NAME>.json...)."""
+    if key.startswith(HF_PREFIX):
+        hub_id = key[len(HF_PREFIX):]
+        return Source(hub_id, tuple(f"{hub_id.split('/')[1]}.{ext}" for ext in ("json", "jsonl", "parquet")))
+    return SOURCES[key]
+
+
 def local_candidates(key: str) -> tuple[str, ...]:
     """File names looked for in NEFTLIB_DATA_DIR for a source, in order."""
+    if key.startswith(HF_PREFIX):
+        return spec_of(key).files
     return SOURCES[key].files + tuple(f"{key}.{ext}" for ext in ("json", "jsonl", "parquet"))
 
 
 def missing_message(key: str, root: Path | None, why: str = "") -> str:
     """Which file to put where, for a source that has no local copy (and, when `why` says so, no hub)."""
-    spec = SOURCES[key]
+    spec = spec_of(key)
     names = ", ".join(local_candidates(key))
     return (f"train_data={key!r}: {why + '; ' if why else ''}put one of {names} in NEFTLIB_DATA_DIR "
             f"(now {str(root) if root else 'unset'}), e.g. the train split of the hub dataset {spec.hub_id} "
-            "saved on a machine with network; or use train_data='mini'")
+            "saved on a machine with network, or set train_data to that file's path; or use train_data='mini'")
 
 
 def _hub_disabled() -> bool:
@@ -89,7 +111,7 @@ def _unreachable_errors() -> tuple[type[BaseException], ...]:
 
 def hub_rows(key: str, root: Path | None) -> list[dict]:
     """The train split of a source from the hub; FileNotFoundError naming the local file when the hub is off."""
-    spec = SOURCES[key]
+    spec = spec_of(key)
     if _hub_disabled():
         raise FileNotFoundError(missing_message(key, root, "no local file and the hub is off (HF_HUB_OFFLINE)"))
     import datasets
@@ -102,6 +124,61 @@ def hub_rows(key: str, root: Path | None) -> list[dict]:
         why = f"no local file and {spec.hub_id} could not be loaded ({type(err).__name__}: {cause})"
         raise FileNotFoundError(missing_message(key, root, why)) from None
     return [dict(row) for row in ds]
+
+
+def alpaca_eval_hub_rows(root: Path | None) -> list[dict]:
+    """AlpacaEval's 805 prompts with Text-Davinci-003's answers from the hub; FileNotFoundError when it is off."""
+    hub_id, filename = ALPACA_EVAL_HUB
+
+    def missing(why: str) -> FileNotFoundError:
+        return FileNotFoundError(
+            f"eval_data='alpaca_eval': {why}; put alpaca_eval/text_davinci_003.json (the dataset {hub_id}'s "
+            f"{filename}, saved on a machine with network) in NEFTLIB_DATA_DIR (now {str(root) if root else 'unset'}), "
+            "or set eval_data to a local file's path; or use eval_data='mini'")
+
+    if _hub_disabled():
+        raise missing(f"no local file and the hub is off (HF_HUB_OFFLINE), so {hub_id} cannot be read")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = hf_hub_download(hub_id, filename, repo_type="dataset")
+    except _unreachable_errors() as err:
+        cause = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise missing(f"no local file and {hub_id} could not be loaded ({type(err).__name__}: {cause})") from None
+    rows = json.loads(Path(path).read_text(encoding="utf-8"))
+    others = sorted({r.get("generator") for r in rows} - {"text_davinci_003"}, key=str)
+    if others:  # the paper's win rates are against Text-Davinci-003; another reference would change them all
+        raise ValueError(f"{hub_id}/{filename} holds answers of {others}, not only text_davinci_003's")
+    return rows
+
+
+def map_columns(raw: list[Any], columns: dict[str, str], origin: str) -> list[Any]:
+    """Rows with a dataset's own column names renamed to ours (`columns`: ours -> theirs).
+
+    A `messages` column (role/content turns) counts as `conversations` unless the mapping says otherwise.
+    """
+    unknown = sorted(set(columns) - set(MAPPABLE))
+    if unknown:
+        raise ValueError(f"train_columns maps {unknown}, which are not fields of ours; map any of "
+                         f"{', '.join(MAPPABLE)} to the dataset's column names, e.g. {{instruction: question}}")
+    first = next((r for r in raw if isinstance(r, dict)), {})
+    missing = {ours: theirs for ours, theirs in columns.items() if theirs not in first}
+    if missing:
+        raise ValueError(f"{origin}: train_columns maps {missing}, but its first row has no such column "
+                         f"(columns: {', '.join(map(str, first)) or 'none'})")
+    if "conversations" not in columns and "messages" in first and "conversations" not in first:
+        columns = {**columns, "conversations": "messages"}
+    if not columns:
+        return raw
+
+    def rename(row: Any) -> Any:
+        if not isinstance(row, dict):
+            return row  # refused, with its index, by the conversion
+        out = {k: v for k, v in row.items() if k not in columns and k not in columns.values()}
+        out.update({ours: row[theirs] for ours, theirs in columns.items() if theirs in row})
+        return out
+
+    return [rename(r) for r in raw]
 
 
 def detect_schema(rows: list[Any], path: Path | str) -> str:
@@ -166,11 +243,11 @@ def sharegpt_examples(row: Any, index: int, path: Path | str) -> tuple[list[Row]
     errors: list[RowError] = []
     skipped: list[str] = []
     for j, turn in enumerate(turns):
-        speaker = turn.get("from") if isinstance(turn, dict) else None
+        speaker = turn.get("from", turn.get("role")) if isinstance(turn, dict) else None
         if not isinstance(speaker, str):
             got = type(turn).__name__ if not isinstance(turn, dict) else _kind(speaker)
             field = f"conversations[{j}]" if not isinstance(turn, dict) else f"conversations[{j}].from"
-            errors.append(_bad(path, index, f"field {field!r} is {got}", ", expected a turn with string from/value"))
+            errors.append(_bad(path, index, f"field {field!r} is {got}", ", expected a turn with string from/value (or role/content)"))
             roles.append(None)
             continue
         role = speaker.strip().lower()
@@ -184,13 +261,13 @@ def sharegpt_examples(row: Any, index: int, path: Path | str) -> tuple[list[Row]
     while j < len(turns):
         if roles[j] == "user" and j + 1 < len(turns) and roles[j + 1] == "assistant":
             # The pair's texts are checked only here, so a broken text costs one example and one count.
-            problems = [(k, _text_problem(turns[k].get("value"))) for k in (j, j + 1)]
+            problems = [(k, _text_problem(_text(turns[k]))) for k in (j, j + 1)]
             k, problem = next(((k, p) for k, p in problems if p), (j, ""))
             if problem:
                 errors.append(_bad(path, index, f"field 'conversations[{k}].value' is {problem}",
                                    " (a human/gpt pair needs text on both sides)"))
             else:
-                examples.append({"instruction": turns[j]["value"], "input": "", "output": turns[j + 1]["value"]})
+                examples.append({"instruction": _text(turns[j]), "input": "", "output": _text(turns[j + 1])})
             j += 2
             continue
         if roles[j] == "assistant":
@@ -199,6 +276,11 @@ def sharegpt_examples(row: Any, index: int, path: Path | str) -> tuple[list[Row]
             skipped.append("sharegpt: human turn without a gpt reply skipped")
         j += 1
     return examples, errors, skipped
+
+
+def _text(turn: dict) -> Any:
+    """A turn's text: ShareGPT's `value`, or `content` in role/content (chat-messages) turns."""
+    return turn.get("value", turn.get("content"))
 
 
 def _kind(value: Any) -> str:

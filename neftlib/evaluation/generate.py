@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
+from neftlib.base.progress import tqdm
 from neftlib.data.prepare import format_prompt
 
 
@@ -16,9 +16,10 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
 
 @torch.no_grad()
 def generate_with_lengths(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int = 16,
-                          repetition_penalty: float = 1.2, progress: bool = True,
-                          desc: str = "generate") -> tuple[list[str], list[int]]:
-    """Greedy answers and, per answer, the new tokens it took up to its EOS (max_new_tokens: cut by the cap)."""
+                          repetition_penalty: float = 1.2, progress: bool = True, desc: str = "generate",
+                          min_new_tokens: int = 0) -> tuple[list[str], list[int]]:
+    """Greedy answers and, per answer, the new tokens it took up to its EOS (max_new_tokens: cut by the cap).
+    `min_new_tokens` > 0 blocks EOS until that many new tokens (transformers' min_new_tokens)."""
     model.eval()
     device = next(model.parameters()).device
     side = tokenizer.padding_side
@@ -33,9 +34,10 @@ def generate_with_lengths(model, tokenizer, prompts: list[str], *, max_new_token
             enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
                             add_special_tokens=not prompts[idx[0]].startswith(tokenizer.bos_token or "\0"))
             enc = {k: v.to(device) for k, v in enc.items()}
+            extra = {"min_new_tokens": min_new_tokens} if min_new_tokens > 0 else {}
             out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
                                  repetition_penalty=repetition_penalty, pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=tokenizer.eos_token_id)
+                                 eos_token_id=tokenizer.eos_token_id, **extra)
             new = out[:, enc["input_ids"].shape[1]:]
             for i, row in zip(idx, new):
                 answers[i] = tokenizer.decode(row, skip_special_tokens=True).strip()

@@ -23,10 +23,9 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from tqdm.auto import tqdm
-
 from neftlib.base.io import read_json, write_json
-from neftlib.evaluation.judge import JUDGE_PROMPT, plan_both_orders, preferences_from
+from neftlib.base.progress import tqdm
+from neftlib.evaluation.judge import JUDGE_PROMPT, Judgments, plan_both_orders
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4"
@@ -236,9 +235,10 @@ class OpenAIJudge:
                             f"{self.parse_retries + 1} tries: {shown!r}; pass on_unparseable='draw' to count it "
                             "as a draw")
 
-    def judge(self, instructions: list[str], outputs: list[str], references: list[str], *,
-              cache_path: Path | None = None, progress: bool = True) -> list[float]:
-        """alpaca_eval-style preferences in [1, 2] (2 = the model's output is better), averaged over both orders.
+    def judge_orders(self, instructions: list[str], outputs: list[str], references: list[str], *,
+                     cache_path: Path | None = None, progress: bool = True) -> Judgments:
+        """Each pair judged in both orders; whole answers are sent (an endpoint whose context cannot hold them
+        refuses the request, and the error says so), so nothing is clipped.
 
         Judgments are cached by hash of (model, prompt) at `cache_path` after every request, so nothing is
         paid for twice and an interrupted run resumes. Unparseable replies counted as draws are not cached."""
@@ -255,4 +255,9 @@ class OpenAIJudge:
             cache[key] = float(p)
             if cache_path:  # saved after every judgment: an interrupted run resumes where it stopped
                 write_json(cache_path, cache)
-        return preferences_from(keys, {**cache, **draws})
+        return Judgments.from_cache(keys, {**cache, **draws})
+
+    def judge(self, instructions: list[str], outputs: list[str], references: list[str], *,
+              cache_path: Path | None = None, progress: bool = True) -> list[float]:
+        """alpaca_eval-style preferences in [1, 2] (2 = the model's output is better), averaged over both orders."""
+        return self.judge_orders(instructions, outputs, references, cache_path=cache_path, progress=progress).soft()

@@ -1,13 +1,14 @@
 """AlpacaEval-style win rates from pairwise preferences.
 
-`summarize_preferences` reproduces alpaca_eval's `metrics.pairwise_to_winrate` /
-`AbsoluteScoringRule.describe_head2head` (tatsu-lab/alpaca_eval, src/alpaca_eval/metrics/):
-  * preference 0 (old draw code) becomes 1.5; then each value p is kept only if 1 <= p <= 2
-    (null/NaN and anything else is dropped) and mapped to a win value p - 1 in [0, 1];
-  * win_rate = 100 * mean, standard_error = 100 * sample SEM (ddof=1);
-  * n_wins counts values > 0.5, n_wins_base values < 0.5, n_total the kept values;
-  * n_draws counts preferences equal to 0 or 1.5.
-`avg_length` is the leaderboard's `int(model_outputs["output"].str.len().mean())`, i.e. the
+Two win rates, both as alpaca_eval defines them (tatsu-lab/alpaca_eval, src/alpaca_eval/metrics/helpers.py):
+  * `win_rate`, discrete: alpaca_eval's ZeroOneScoringRule (its `discrete_win_rate`). Each preference is a
+    vote: 1.5 or 0 is a draw, anything else is rounded to 1 (the baseline wins) or 2 (the model wins); votes
+    outside [1, 2] after rounding and null/NaN are dropped. win_rate = 100 * (n_wins + n_draws / 2) / n_total,
+    so the three counts add up to it. This is how AlpacaEval 1's GPT-4 votes are counted.
+  * `win_rate_soft`: alpaca_eval's AbsoluteScoringRule (its `win_rate` for weighted annotators): the mean of
+    p - 1 over preferences p in [1, 2] (0 is the legacy draw code, 1.5), e.g. a judge's probabilities.
+On discrete preferences (1, 1.5, 2) the two agree. standard_error is 100 * the sample SEM (ddof=1) of the
+discrete values. `avg_length` is the leaderboard's `int(model_outputs["output"].str.len().mean())`, i.e. the
 mean character length of the model's answers over all rows, truncated to an integer.
 """
 from __future__ import annotations
@@ -37,16 +38,34 @@ def win_values(preferences: Sequence[Optional[float]]) -> np.ndarray:
     return np.asarray(out, dtype=float)
 
 
-def _n_draws(preferences: Sequence[Optional[float]]) -> int:
-    return sum(1 for p in preferences if p is not None and not isinstance(p, bool) and float(p) in (0.0, 1.5))
+def discrete_preference(p: Optional[float]) -> Optional[float]:
+    """One preference as alpaca_eval's zero-one rule counts it: 1.5 (a draw; 0 is the legacy code), 1 or 2 (the
+    value rounded, half to even as pandas does), None when it is no judgment (null, NaN, outside [1, 2])."""
+    if p is None or isinstance(p, bool):
+        return None
+    p = float(p)
+    if math.isnan(p):
+        return None
+    rounded = 0.0 if p == 1.5 else float(round(p))
+    if rounded == 0.0:
+        return 1.5
+    return rounded if 1.0 <= rounded <= 2.0 else None
+
+
+def discrete_win_values(preferences: Sequence[Optional[float]]) -> np.ndarray:
+    """Win values 0, 0.5 or 1 of the judgments among `preferences`, counted by alpaca_eval's zero-one rule."""
+    return np.asarray([d - 1.0 for d in map(discrete_preference, preferences) if d is not None], dtype=float)
 
 
 def summarize_preferences(
-    preferences: Sequence[Optional[float]], lengths: Optional[Sequence[int]] = None
+    preferences: Sequence[Optional[float]], lengths: Optional[Sequence[int]] = None,
+    soft: Optional[Sequence[Optional[float]]] = None,
 ) -> dict[str, Any]:
-    """Leaderboard metrics for one model; `lengths` are character lengths of its answers."""
-    v = win_values(preferences)
+    """Leaderboard metrics for one model; `lengths` are character lengths of its answers. `win_rate` and the counts
+    come from `preferences` counted as discrete votes; `win_rate_soft` from `soft` (default: `preferences`)."""
+    v = discrete_win_values(preferences)
     n = len(v)
+    s = win_values(preferences if soft is None else soft)
     avg_length = None
     if lengths is not None and len(lengths) > 0:
         avg_length = int(np.mean(np.asarray(lengths, dtype=float)))
@@ -54,11 +73,12 @@ def summarize_preferences(
         "win_rate": float(v.mean() * 100) if n else math.nan,
         # pandas' Series.sem (ddof=1) is what alpaca_eval calls; undefined below two values.
         "standard_error": float(v.std(ddof=1) / math.sqrt(n) * 100) if n > 1 else math.nan,
-        "n_wins": int((v > 0.5).sum()),
-        "n_wins_base": int((v < 0.5).sum()),
-        "n_draws": _n_draws(preferences),
+        "n_wins": int((v == 1.0).sum()),
+        "n_wins_base": int((v == 0.0).sum()),
+        "n_draws": int((v == 0.5).sum()),
         "n_total": n,
         "avg_length": avg_length,
+        "win_rate_soft": float(s.mean() * 100) if s.size else math.nan,
     }
 
 
@@ -80,11 +100,19 @@ def load_annotations(path: Path) -> list[dict[str, Any]]:
 
 
 def summarize_annotations(path: Path) -> dict[str, Any]:
-    """Leaderboard metrics of an annotations file (output_1 = baseline, output_2 = model)."""
+    """Leaderboard metrics of an annotations file (output_1 = baseline, output_2 = model); `win_rate_soft` from
+    the rows' `preference_soft` where neftlib wrote one, else from `preference`."""
     rows = load_annotations(path)
-    return summarize_preferences(
-        [r["preference"] for r in rows], lengths=[len(r["output_2"]) for r in rows]
-    )
+    soft = [r.get("preference_soft", r["preference"]) for r in rows]
+    return summarize_preferences([r["preference"] for r in rows], lengths=[len(r["output_2"]) for r in rows],
+                                 soft=soft)
+
+
+def prompt_win_values(path: Path) -> np.ndarray:
+    """Per row of an annotations file, in file order: its discrete win value (0, 0.5, 1), NaN where no judgment;
+    what a paired comparison of two arms judged on the same prompts resamples."""
+    values = [discrete_preference(r["preference"]) for r in load_annotations(path)]
+    return np.array([math.nan if v is None else v - 1.0 for v in values], dtype=float)
 
 
 def bootstrap_ci(

@@ -1,16 +1,21 @@
 """Runs the numbered notebooks in order with papermill, each in a fresh kernel."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from traitlets.config import Config
 
 from neftlib.base.io import is_done
 from neftlib.base.paths import NOTEBOOKS_DIR, data_notice, run_dir
+from neftlib.base.progress import TEXT_ENV
+from neftlib.pipeline.hub import check_can_push, push_run
+from neftlib.pipeline.lock import LOCK_NAME, run_lock
 from neftlib.pipeline.stages import check_same_config, run_config
 
 NOTEBOOKS = ("01_data_prep", "02_noisy_training", "03_qlora_variant", "04_evaluation", "05_overfitting_and_length",
@@ -53,6 +58,20 @@ def executed_completely(nb_path: Path) -> bool:
     return bool(meta.get("end_time")) and not meta.get("exception")
 
 
+@contextlib.contextmanager
+def _text_progress() -> Iterator[None]:
+    """The kernel inherits TEXT_ENV: its progress bars print as text, streamed to this terminal, not as widgets."""
+    before = os.environ.get(TEXT_ENV)
+    os.environ[TEXT_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(TEXT_ENV, None)
+        else:
+            os.environ[TEXT_ENV] = before
+
+
 def _failure(nb_path: Path, name: str, err: Exception) -> PipelineError:
     cell = getattr(err, "exec_count", None) or "?"
     ename, evalue = getattr(err, "ename", type(err).__name__), getattr(err, "evalue", str(err))
@@ -61,39 +80,65 @@ def _failure(nb_path: Path, name: str, err: Exception) -> PipelineError:
 
 
 def run_pipeline(profile: str, run: str = "", *, seed: int | None = None, alpha: float | None = None,
-                 force: bool = False, only: list[str] | None = None, progress: bool = True,
-                 parameters: dict[str, Any] | None = None) -> Path:
-    """Execute the notebooks for a profile; stages with complete outputs are skipped unless `force`.
+                 force: bool = False, only: list[str] | None = None, progress: bool = True, config: str = "",
+                 sets: dict[str, Any] | None = None, parameters: dict[str, Any] | None = None) -> Path:
+    """Execute the notebooks for a profile or recipe file (`config`) with `sets` overrides (field -> value or
+    text); stages with complete outputs are skipped unless `force`.
 
     `parameters`: more notebook parameters (PARAMETER_FIELDS, e.g. {"EVAL_PROMPTS": 10}), checked before
     anything runs like the others."""
-    import papermill as pm
-
+    sets = dict(sets or {})
     extra = dict(parameters or {})
     unknown = sorted(set(extra) - set(PARAMETER_FIELDS))
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown}; the notebooks also take {', '.join(PARAMETER_FIELDS)}")
+    config = str(Path(config).expanduser().resolve()) if config else ""  # the kernels run in notebooks/
     # Fail fast on bad input; --grad-accum / --model given to an earlier `neftlib train` of this run are kept.
-    cfg = run_config(profile, run, seed=seed, alpha=alpha, **{PARAMETER_FIELDS[k]: v for k, v in extra.items()})
+    cfg = run_config(profile, run, seed=seed, alpha=alpha, config=config,
+                     **{**sets, **{PARAMETER_FIELDS[k]: v for k, v in extra.items()}})
     print(data_notice(), flush=True)  # raises before anything moves when NEFTLIB_DATA_DIR is not a folder
-    folder = run_dir(cfg.run_name)
-    if not force:
-        check_same_config(cfg)
     if force and only:
         raise ValueError("--force moves the whole earlier run aside, so it cannot go with --only; "
                          "use --force alone, or --run NEW_NAME for a fresh run")
-    if force and folder.exists():
-        # Forcing keeps the earlier run: it is moved aside, never deleted.
-        kept = folder.with_name(f"{folder.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-        folder.rename(kept)
-        print(f"earlier run moved to {kept}")
     names = list(NOTEBOOKS)
     if only:
         unknown = [n for n in only if not any(nb.startswith(n) for nb in NOTEBOOKS)]
         if unknown:
             raise ValueError(f"unknown notebook(s) {unknown}; choose from {', '.join(NOTEBOOKS)}")
         names = [nb for nb in NOTEBOOKS if any(nb.startswith(n) for n in only)]
-    params = {"PROFILE": profile, "RUN": run, "SEED": seed, "ALPHA": alpha, **extra}
+    check_can_push(cfg)  # a missing hub token is found now, not after hours of training
+    folder = run_dir(cfg.run_name)
+    # One writer per run folder: a second `run` or `train` on it is refused while this one lives.
+    with run_lock(folder):
+        if not force:
+            check_same_config(cfg)
+        elif any(p.name != LOCK_NAME for p in folder.iterdir()):
+            kept = move_aside(folder)
+            print(f"earlier run moved to {kept}")
+        params = {"PROFILE": cfg.profile, "RUN": run, "SEED": seed, "ALPHA": alpha, "CONFIG": config,
+                  "SET": {k: list(v) if isinstance(v, tuple) else v for k, v in sets.items()},  # papermill: literals
+                  **extra}
+        _execute(folder, names, params, progress)
+        if cfg.push_to_hub and is_done(folder / "eval"):
+            for repo in push_run(cfg):
+                print(f"pushed to https://huggingface.co/{repo}", flush=True)
+    return folder
+
+
+def move_aside(folder: Path) -> Path:
+    """Move an earlier run's contents (never deleted) to <run>.old-<time>/, keeping this process's lock."""
+    kept = folder.with_name(f"{folder.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    kept.mkdir()
+    for entry in folder.iterdir():
+        if entry.name != LOCK_NAME:
+            entry.rename(kept / entry.name)
+    return kept
+
+
+def _execute(folder: Path, names: list[str], params: dict[str, Any], progress: bool) -> None:
+    """Run the chosen notebooks in order, skipping stages whose outputs and executed copy are complete."""
+    import papermill as pm
+
     executed = folder / "notebooks"
     for i, name in enumerate(names, 1):
         source = NOTEBOOKS_DIR / f"{name}.ipynb"
@@ -109,9 +154,9 @@ def run_pipeline(profile: str, run: str = "", *, seed: int | None = None, alpha:
         try:
             # The kernel's own output (tqdm bars of training, generation, judging) streams to the terminal.
             stream = {"stdout_file": sys.stdout, "stderr_file": sys.stderr} if progress else {}
-            pm.execute_notebook(str(source), str(target), parameters=params, kernel_name="python3",
-                                progress_bar=False, cwd=str(NOTEBOOKS_DIR), config=KERNEL_CONFIG, **stream)
+            with _text_progress():
+                pm.execute_notebook(str(source), str(target), parameters=params, kernel_name="python3",
+                                    progress_bar=False, cwd=str(NOTEBOOKS_DIR), config=KERNEL_CONFIG, **stream)
         except pm.PapermillExecutionError as err:
             raise _failure(target, name, err) from None
         print(f"[{i}/{len(names)}] {name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
-    return folder

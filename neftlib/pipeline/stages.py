@@ -11,12 +11,14 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from neftlib.base.config import RunConfig, config_from_json, load_config, stage_config
-from neftlib.data.prepare import load_eval_set, load_instructions, resolve_train_source, tokenize_rows
+from neftlib.base.config import RunConfig, config_from_json, stage_config
 from neftlib.base.io import environment, is_done, mark_done, read_json, write_csv, write_json, write_jsonl
-from neftlib.training.models import load_tokenizer
 from neftlib.base.paths import MINI_TRAIN, run_dir
+from neftlib.base.recipes import load_config
 from neftlib.base.run import load_prepared, stage_dir, trained_arms  # noqa: F401 (also read as stages.X by the CLI, demo, tests)
+from neftlib.data.prepare import load_eval_set, load_instructions, resolve_train_source, tokenize_rows
+from neftlib.pipeline.lock import check_free
+from neftlib.training.models import load_tokenizer
 from neftlib.training.train import process_state, train
 
 
@@ -26,28 +28,38 @@ TRAIN_CLI_FIELDS = ("grad_accum", "model")
 
 
 def run_config(profile: str, run: str = "", seed: int | None = None, alpha: float | None = None,
-               **overrides: Any) -> RunConfig:
-    """The profile's config with overrides; TRAIN_CLI_FIELDS not given keep the earlier run's values."""
-    saved = run_dir(run or profile) / "config.json"
+               config: str = "", **overrides: Any) -> RunConfig:
+    """The profile's (or the recipe file `config`'s) settings with overrides; TRAIN_CLI_FIELDS not given keep
+    the earlier run's values."""
+    cfg = load_config(profile, config=config or None, run=run or None, seed=seed, alpha=alpha, **overrides)
+    saved = run_dir(cfg.run_name) / "config.json"
     if saved.exists():
         earlier = read_json(saved)
-        for name in TRAIN_CLI_FIELDS:
-            if overrides.get(name) is None and name in earlier:
-                overrides[name] = earlier[name]
-    return load_config(profile, run=run or None, seed=seed, alpha=alpha, **overrides)
+        kept = {n: earlier[n] for n in TRAIN_CLI_FIELDS if overrides.get(n) is None and n in earlier}
+        if kept:
+            cfg = load_config(profile, config=config or None, run=run or None, seed=seed, alpha=alpha,
+                              **{**overrides, **kept})
+    return cfg
 
 
 def start_run(profile: str, run: str = "", seed: int | None = None, alpha: float | None = None,
-              force: bool = False, **overrides: Any) -> RunConfig:
-    """The run's config; writes config.json and env.json, refusing to mix with a different earlier run."""
+              force: bool = False, config: str = "", **overrides: Any) -> RunConfig:
+    """The run's config; writes config.json and env.json, refusing to mix with a different earlier run.
+
+    `config`: a recipe file instead of the profile; `overrides`: settings by name, values typed or as text
+    (the notebooks' SET parameter, the command line's --set)."""
     if force:
-        cfg = load_config(profile, run=run or None, seed=seed, alpha=alpha, **overrides)
+        cfg = load_config(profile, config=config or None, run=run or None, seed=seed, alpha=alpha, **overrides)
     else:
-        cfg = run_config(profile, run, seed=seed, alpha=alpha, **overrides)
+        cfg = run_config(profile, run, seed=seed, alpha=alpha, config=config, **overrides)
+    state = process_state()
+    if state.is_main_process:
+        # A notebook opened while `neftlib run` / `train` works on this folder is refused; the notebooks
+        # that command runs itself are its children and go on.
+        check_free(run_dir(cfg.run_name))
     if not force:
         # Every rank checks: they read the same file, so they refuse together (none is left at a barrier).
         check_same_config(cfg)
-    state = process_state()
     if state.is_main_process:
         folder = run_dir(cfg.run_name)
         folder.mkdir(parents=True, exist_ok=True)
@@ -87,7 +99,8 @@ def _prepare_data(cfg: RunConfig) -> dict[str, Any]:
         return read_json(out / "report.json")
     tok = load_tokenizer(cfg.model)
     n = None if cfg.train_limit is None else cfg.train_limit + cfg.heldout_limit
-    rows, report = load_instructions(cfg.train_data, seed=cfg.seed, limit=n, drop_bad=cfg.drop_bad_rows)
+    rows, report = load_instructions(cfg.train_data, seed=cfg.seed, limit=n, drop_bad=cfg.drop_bad_rows,
+                                     columns=cfg.train_columns)
     heldout_rows, train_rows = rows[: cfg.heldout_limit], rows[cfg.heldout_limit:]
     train_report = dataclasses.replace(report, rows_used=len(train_rows))
     train = tokenize_rows(train_rows, tok, cfg.prompt_format, cfg.max_length, train_report)

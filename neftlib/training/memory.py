@@ -2,7 +2,9 @@
 check that refuses a run before anything is loaded when it clearly cannot fit."""
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -42,9 +44,18 @@ class MemoryEstimate:
 
 
 def _model_shape(cfg: RunConfig):
+    config = Path(cfg.model).expanduser() / "config.json"
+    # a local folder's config may be rewritten (a test saving another model there): its time is part of the key
+    return _meta_model(cfg.model, config.stat().st_mtime_ns if config.is_file() else None)
+
+
+@functools.lru_cache(maxsize=8)
+def _meta_model(name: str, stamp: int | None = None):
+    """A model's config and its parameters on the meta device (no memory, no weights): kept, since the
+    estimate of a profile asks for the same model many times."""
     from transformers import AutoModelForCausalLM
 
-    config = model_config(cfg.model)
+    config = model_config(name)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     return config, model

@@ -17,13 +17,14 @@ from typing import Iterator
 
 import torch
 
-from neftlib.data.batching import PaddedCollator, flat_collator, mean_loss
 from neftlib.base.config import ArmConfig, RunConfig
 from neftlib.base.io import is_done, mark_done, publish_dir, read_json, write_csv, write_json
+from neftlib.base.progress import TEXT_ENV
+from neftlib.data.batching import PaddedCollator, flat_collator, mean_loss
+from neftlib.noise import NEFTuneCallback, noise_seed
 from neftlib.training.memory import check_fits
 from neftlib.training.models import (DTYPES, count_parameters, free_memory, load_base, load_model, on_best_device,
                                      peft_quietly)
-from neftlib.noise import NEFTuneCallback, noise_seed
 from neftlib.training.trainer import STAGING, NoisyTrainer, checked_checkpoint, checkpoints
 
 
@@ -167,6 +168,13 @@ def train(cfg: RunConfig, arm: ArmConfig, examples: list[dict], out_dir: Path, *
         data_collator=flat_collator() if cfg.padding_free else PaddedCollator(pad_id),
         lengths=[len(e["input_ids"]) for e in examples], group_by_length=cfg.group_by_length and not cfg.padding_free,
         row={"run": cfg.run_name, "arm": arm.name}, log_rows=log_rows)
+    if os.environ.get(TEXT_ENV):
+        # Kernels of `neftlib run` stream text to the terminal: Trainer's HTML bar would show nothing there.
+        from transformers.utils.notebook import NotebookProgressCallback
+        from transformers.trainer_callback import ProgressCallback
+
+        if trainer.pop_callback(NotebookProgressCallback) is not None:
+            trainer.add_callback(ProgressCallback)
     t_start = time.perf_counter()
     try:
         with deterministic_algorithms(deterministic_on(cfg)):

@@ -113,7 +113,7 @@ def main() -> None:
 def runs_table(components: pd.DataFrame, sweep_cfg: dict) -> pd.DataFrame:
     """The MDE of the sweep as it ran (beside the changes it measured) and of the cpu-study profile as designed
     (whose own variances, at another training setting, will replace these)."""
-    from neftlib.base.config import load_config
+    from neftlib.base.recipes import load_config
     from neftlib.analysis.power import minimum_detectable_effect
 
     study = load_config("cpu-study")
