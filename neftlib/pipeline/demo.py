@@ -30,7 +30,7 @@ from neftlib.pipeline import stages
 from neftlib.pipeline.estimate import training_advice
 from neftlib.training.memory import GiB, available_bytes, estimate_memory
 from neftlib.training.models import free_memory, load_base, load_tokenizer, on_best_device
-from neftlib.training.train import load_trained, train
+from neftlib.training import train as train_module  # demo.train (both arms) is this module's own
 
 # AlpacaEval-style instructions written for this demo; none is in the training data.
 PROMPTS = (
@@ -142,8 +142,8 @@ def plan(cfg: RunConfig, budget: int | None = None) -> dict[str, Any]:
     probe = _folder(cfg) / "probe"
     shutil.rmtree(probe, ignore_errors=True)
     t0 = time.perf_counter()
-    summary = train(dataclasses.replace(q, max_steps=PROBE_STEPS, save_every=10**9), q.for_arm("neftune"), examples,
-                    probe, pad_id=pad_id, progress=False)
+    summary = train_module.train(dataclasses.replace(q, max_steps=PROBE_STEPS, save_every=10**9), q.for_arm("neftune"),
+                                 examples, probe, pad_id=pad_id, progress=False)
     wall = time.perf_counter() - t0
     step_s = pd.read_csv(probe / "log.csv")["step_s"].iloc[-1]
     shutil.rmtree(probe, ignore_errors=True)
@@ -186,7 +186,7 @@ def answer(cfg: RunConfig, state: str, max_new_tokens: int = 256) -> dict[str, A
     if state == "before":
         model = on_best_device(load_base(q.model, precision=q.precision, load_in_4bit=q.load_in_4bit)).eval()
     else:
-        model = load_trained(q, stages.stage_dir(cfg, demo_stage(cfg)) / state)
+        model = train_module.load_trained(q, stages.stage_dir(cfg, demo_stage(cfg)) / state)
     prompts = eval_prompts([{"instruction": p} for p in PROMPTS], q.prompt_format, tok)
     texts, tokens = generate_with_lengths(model, tok, prompts, max_new_tokens=min(max_new_tokens, q.gen_max_new_tokens),
                                           batch_size=len(prompts), repetition_penalty=q.repetition_penalty,
