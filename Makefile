@@ -10,7 +10,7 @@ ARGS ?=
 NEFTLIB_DATA_DIR ?= $(if $(wildcard ../shared/data/README.md),$(abspath ../shared/data),)
 export NEFTLIB_DATA_DIR
 
-.PHONY: install reproduce test bench lab clean-results gpu-check
+.PHONY: install reproduce test bench lab clean-results gpu-check readme-figures reference-run
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,3 +43,15 @@ lab: install
 # project's venv when there is one, else with the python that has the machine's CUDA build of torch.
 gpu-check:
 	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) bench/gpu_check.py $(ARGS)
+
+# The README's figures, redrawn by neftlib from the committed evidence (docs/evidence/) into docs/figures/.
+readme-figures: install
+	$(PY) -m neftlib.analysis.evidence
+
+# docs/reference-run/: the executed notebooks of the whole pipeline on the cpu profile with real Alpaca
+# (about an hour on 2 cores). The earlier results/reference/ is moved aside, never deleted.
+REFERENCE_RUN ?= reference
+reference-run: install
+	@test -n "$(NEFTLIB_DATA_DIR)" || { echo "reference-run needs real Alpaca: set NEFTLIB_DATA_DIR to the real-data folder" >&2; exit 2; }
+	$(PY) -m neftlib run --profile cpu --run $(REFERENCE_RUN) --force
+	$(PY) -m neftlib.pipeline.reference $(REFERENCE_RUN)

@@ -31,8 +31,10 @@ def test_without_a_gpu_it_says_so_and_exits_0(tmp_path):
 
 
 def test_make_gpu_check_is_that_one_command():
-    proc = subprocess.run(["make", "-n", "gpu-check", "PY=/nonexistent/python", "PYTHON=python3"], cwd=PROJ,
-                          capture_output=True, text=True, timeout=60)
+    # Under `make test` this make is a sub-make: without these it would print "Entering directory".
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    proc = subprocess.run(["make", "--no-print-directory", "-n", "gpu-check", "PY=/nonexistent/python",
+                           "PYTHON=python3"], cwd=PROJ, capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 0 and proc.stdout.strip() == "python3 bench/gpu_check.py"
 
 

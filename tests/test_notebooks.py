@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from neftlib.pipeline.runner import NOTEBOOKS
+from neftlib.base.profiles import PROFILES
+from neftlib.pipeline.runner import NOTEBOOKS, PARAMETER_FIELDS
 
 PROJ = Path(__file__).resolve().parents[1]
 FAKE_KEY = "sk-neftlib-test-0123456789abcdef"
@@ -45,6 +46,36 @@ def test_notebook_is_clean_and_thin(path):
     assert all(isinstance(n, ast.Assign) and _is_literal(n.value) for n in params.body), "literals only"
 
 
+@pytest.mark.parametrize("path", PATHS, ids=NOTEBOOKS)
+def test_parameters_cell_lists_every_profile_and_reaches_the_run(path):
+    cells = json.loads(path.read_text())["cells"]
+    source = "".join(next(c for c in cells if "parameters" in c["metadata"].get("tags", []))["source"])
+    names = [n.targets[0].id for n in ast.parse(source).body]
+    assert names == ["PROFILE", "RUN", "SEED", "ALPHA", *PARAMETER_FIELDS]
+    profile_line = source.splitlines()[0]
+    assert all(f" {name}," in profile_line + "," for name in PROFILES), "the PROFILE comment names every profile"
+    # Every parameter reaches the run's config: the start_run call passes each one.
+    calls = [n for c in cells if c["cell_type"] == "code" for n in ast.walk(ast.parse("".join(c["source"])))
+             if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "start_run"]
+    assert len(calls) == 1
+    passed = {a.id for a in calls[0].args if isinstance(a, ast.Name)} | \
+        {k.value.id for k in calls[0].keywords if isinstance(k.value, ast.Name)}
+    assert passed == set(names)
+    keywords = {k.arg: k.value.id for k in calls[0].keywords}
+    assert all(keywords[field] == name for name, field in PARAMETER_FIELDS.items())
+
+
+@pytest.mark.parametrize("path", PATHS, ids=NOTEBOOKS)
+def test_notebook_opens_with_the_paper_and_ends_with_what_the_run_shows(path):
+    cells = json.loads(path.read_text())["cells"]
+    code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+    assert "story.paper_claims(" in code[1], "the paper's claim and numbers right after the parameters"
+    shows = next(i for i, c in enumerate(cells) if "What this run shows" in "".join(c["source"]))
+    assert cells[shows]["cell_type"] == "markdown" and all(c["cell_type"] == "code" for c in cells[shows + 1:])
+    assert all("Markdown(" in "".join(c["source"]) for c in cells[shows + 1:]), "computed, shown as Markdown"
+    assert not any(line.rstrip().endswith(";") for c in code for line in c.splitlines()), "a `;` hides a figure"
+
+
 def _run(args, env, timeout=900):
     return subprocess.run([sys.executable, "-m", "neftlib", "run", *args], cwd=PROJ, env=env,
                           capture_output=True, text=True, timeout=timeout)
@@ -57,7 +88,7 @@ def smoke_run(tmp_path_factory):
     # A judge key in the environment, as a user with GPT-4 access has it: it must leak nowhere.
     env = {**os.environ, "NEFTLIB_RESULTS_DIR": str(root / "results"), "NEFTLIB_FIGURES_DIR": str(root / "figures"),
            "OPENAI_API_KEY": FAKE_KEY, "NEFTLIB_JUDGE_API_KEY": FAKE_KEY}
-    proc = _run(["--profile", "smoke"], env)
+    proc = _run(["--profile", "smoke"], env, timeout=1800)  # minutes on 2 free cores; a busy machine takes longer
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root, env, proc
 
@@ -124,7 +155,50 @@ def test_pipeline_writes_every_stage(smoke_run):
     figures = {p.name for p in (root / "figures" / "smoke").glob("*.png")}
     assert figures >= {"token_lengths.png", "loss_train.png", "loss_qlora.png", "win_rates.png",
                        "overfitting.png", "length_diversity.png", "figure1_paper_vs_ours.png",
-                       "loss_histograms.png", "rouge_bleu.png", "length_diversity_table.png", "gaussian_ablation.png"}
+                       "loss_histograms.png", "rouge_bleu.png", "length_diversity_table.png", "gaussian_ablation.png",
+                       "alpha_sweep.png"}
+
+
+def _outputs(path: Path) -> list[dict]:
+    return [o for c in json.loads(path.read_text())["cells"] for o in c.get("outputs", [])]
+
+
+def test_every_executed_notebook_shows_a_figure_and_what_the_run_shows(smoke_run):
+    root, _, _ = smoke_run
+    for name in NOTEBOOKS:
+        outputs = _outputs(root / "results" / "smoke" / "notebooks" / f"{name}.ipynb")
+        images = [o for o in outputs if "image/png" in o.get("data", {})]
+        assert images, f"{name}: no figure shown inline"
+        cells = json.loads((root / "results" / "smoke" / "notebooks" / f"{name}.ipynb").read_text())["cells"]
+        last = [o for o in cells[-1].get("outputs", []) if "text/markdown" in o.get("data", {})]
+        assert last and len("".join(last[0]["data"]["text/markdown"])) > 40, f"{name}: nothing computed at the end"
+
+
+def test_no_transport_or_progress_noise(smoke_run):
+    root, _, proc = smoke_run
+    assert "without encryption" not in proc.stderr
+    for name in NOTEBOOKS:
+        stderr = ["".join(o["text"]) for o in _outputs(root / "results" / "smoke" / "notebooks" / f"{name}.ipynb")
+                  if o.get("output_type") == "stream" and o.get("name") == "stderr"]
+        assert not stderr, f"{name} writes to stderr: {stderr[:2]}"
+
+
+def test_reference_run_published_without_machine_paths(smoke_run, tmp_path):
+    from neftlib.pipeline.reference import publish
+
+    root, env, _ = smoke_run
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NEFTLIB_RESULTS_DIR", env["NEFTLIB_RESULTS_DIR"])
+        written = publish("smoke", tmp_path / "reference-run")
+        with pytest.raises(FileNotFoundError, match="did not run to the end"):
+            publish("no-such-run", tmp_path / "other")
+    assert [p.name for p in written] == [f"{n}.ipynb" for n in NOTEBOOKS]
+    for path in written:
+        text = path.read_text()
+        assert str(PROJ) not in text and "application/vnd.jupyter.widget-view+json" not in text
+        if os.environ.get("NEFTLIB_DATA_DIR"):
+            assert str(Path(os.environ["NEFTLIB_DATA_DIR"]).resolve()) not in text
+        assert "image/png" in text  # the figures travel inside the notebooks
 
 
 def test_api_key_never_in_results_figures_or_executed_notebooks(smoke_run):
@@ -136,7 +210,7 @@ def test_api_key_never_in_results_figures_or_executed_notebooks(smoke_run):
 
 def test_rerun_skips_complete_stages(smoke_run):
     _, env, _ = smoke_run
-    proc = _run(["--profile", "smoke"], env)
+    proc = _run(["--profile", "smoke"], env, timeout=1800)  # minutes on 2 free cores; a busy machine takes longer
     assert proc.returncode == 0 and proc.stdout.count("outputs complete, skipped") == len(NOTEBOOKS)
 
 
@@ -186,3 +260,16 @@ def test_unknown_notebook_parameter_is_refused():
 
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['APLHA'\].*takes PROFILE"):
         check_parameters(PATHS[0], {"PROFILE": "smoke", "APLHA": 5})
+
+
+@pytest.mark.parametrize("parameters,message", [
+    ({"EVAL_PROMPTS": 0}, "eval_limit must be a positive integer"),
+    ({"TRAIN_EXAMPLES": 2.5}, "train_limit must be a positive integer"),
+    ({"EPOCHS": 2}, r"unknown parameter\(s\) \['EPOCHS'\]"),
+])
+def test_notebook_parameters_checked_before_anything_runs(results, parameters, message):
+    from neftlib.pipeline.runner import run_pipeline
+
+    with pytest.raises(ValueError, match=message):
+        run_pipeline("smoke", parameters=parameters, progress=False)
+    assert not (results / "smoke").exists()

@@ -1,0 +1,94 @@
+"""The README's key figures, drawn by the same code as a run's figures from the committed evidence snapshots
+(docs/evidence/): never drawn by hand, rebuilt by
+
+    python -m neftlib.analysis.evidence            # or: make readme-figures
+
+A snapshot is a flat folder of a run's tables (config.json, winrates.csv, diversity.csv, arm_metrics.csv, ...).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from neftlib.analysis.draw import draw_alpha_sweep, draw_lengths, draw_win_rates
+from neftlib.analysis.plots import save
+from neftlib.base.paths import PROJ_ROOT
+
+EVIDENCE = PROJ_ROOT / "docs" / "evidence"
+OUT = PROJ_ROOT / "docs" / "figures"
+# figure -> (snapshot it is drawn from, the snapshot whose published-answer table it also reads)
+SNAPSHOTS = {"alpha_sweep": "cpu-sweep-2026-11-26", "win_rates": "cpu-alpaca-2026-11-26",
+             "length_diversity": "cpu-alpaca-2026-11-26"}
+PUBLISHED = "cpu-sweep-2026-11-26"  # the paper's published answers, measured by that run's stage 05
+# claims.csv's our_setting, as the report writes it: "<model> (<method>) on <data>; <scale>"
+SETTING = re.compile(r"^(?P<model>\S+) \((?P<method>[\w-]+)\) on (?P<data>[^;]+); (?P<scale>.+)$")
+
+
+def read(folder: Path, name: str) -> pd.DataFrame:
+    path = folder / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: the snapshot holds {sorted(p.name for p in folder.iterdir())}")
+    return pd.read_csv(path)
+
+
+def snapshot_about(folder: Path) -> dict[str, str]:
+    """Our side of a figure in words, from the setting the run's report wrote and its judge's agreement."""
+    setting = SETTING.match(str(read(folder, "claims.csv")["our_setting"].iloc[0]))
+    if setting is None:
+        raise ValueError(f"{folder / 'claims.csv'}: our_setting is not '<model> (<method>) on <data>; <scale>'")
+    wins = read(folder, "winrates.csv")
+    judge = str(wins["judge"].iloc[0])
+    if "judge_agreement" in wins and pd.notna(wins["judge_agreement"].iloc[0]):
+        judge += (f" (agrees with GPT-4 on {wins['judge_agreement'].iloc[0]:.0%} of "
+                  f"{int(wins['agreement_n'].iloc[0])} published pairs)")
+    scale = setting["scale"].replace("AlpacaEval prompts", "prompts").replace(".0 epoch", " epoch")
+    return {"model": setting["model"], "train_data": setting["data"], "scale": scale, "judge": judge}
+
+
+def labelled_wins(folder: Path) -> pd.DataFrame:
+    """winrates.csv with each arm's noise in its label and its stage named, as a run's figures label them."""
+    wins, config = read(folder, "winrates.csv"), json.loads((folder / "config.json").read_text())
+    summaries = [read(folder, f"{name}.csv").assign(stage=stage) for name, stage in
+                 (("train_summary", "train"), ("qlora_summary", "qlora")) if (folder / f"{name}.csv").exists()]
+    arms = pd.concat(summaries, ignore_index=True)[["stage", "arm", "alpha", "distribution"]]
+    wins = wins.merge(arms, how="left")
+    wins["label"] = [f"{a} (no noise)" if al == 0 else f"{a} ({d}, alpha {al:g})"
+                     for a, al, d in zip(wins["arm"], wins["alpha"], wins["distribution"])]
+    wins["stage_name"] = wins["stage"].map({"train": f"{config['method']} fine-tune", "qlora": "QLoRA"})
+    return wins
+
+
+def figures(evidence: Path = EVIDENCE) -> dict[str, Figure]:
+    """The README's figures from the snapshots under `evidence`."""
+    sweep, alpaca = evidence / SNAPSHOTS["alpha_sweep"], evidence / SNAPSHOTS["win_rates"]
+    about = snapshot_about(sweep)
+    made = {"alpha_sweep": draw_alpha_sweep(read(sweep, "arm_metrics.csv"),
+                                            f"{about['model']} on {about['train_data']}, {about['scale']}",
+                                            judge=about["judge"].split(" (")[0]),
+            "win_rates": draw_win_rates(labelled_wins(alpaca), snapshot_about(alpaca)),
+            "length_diversity": draw_lengths(read(alpaca, "diversity.csv"),
+                                             read(evidence / PUBLISHED, "published_diversity.csv"),
+                                             snapshot_about(alpaca))}
+    missing = [name for name, fig in made.items() if fig is None]
+    if missing:
+        raise ValueError(f"the snapshots hold nothing to draw for {missing}")
+    return made
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m neftlib.analysis.evidence",
+                                     description="redraw the README's figures from the committed evidence")
+    parser.add_argument("--evidence", type=Path, default=EVIDENCE, help="folder of evidence snapshots")
+    parser.add_argument("--out", type=Path, default=OUT, help="where the PNGs go")
+    args = parser.parse_args(argv)
+    for name, fig in figures(args.evidence).items():
+        print(save(fig, args.out / f"{name}.png"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""What notebooks 02 and 03 show: the noise on one real batch beside the embeddings it is added to, the
+losses each arm reached, and the memory of a 4-bit base against full weights."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pandas as pd
+import torch
+
+from neftlib.base.config import RunConfig, qlora_config, stage_config
+from neftlib.base.io import read_json
+from neftlib.base.run import load_prepared, stage_dir, trained_arms
+from neftlib.data.batching import collate
+from neftlib.noise import add_neftune_noise, noise_seed
+from neftlib.training.memory import GiB, estimate_memory
+from neftlib.training.models import free_memory, load_base
+
+LOSSES = {"final_loss": "last logged training loss (with the arm's noise)",
+          "train_nonoise_loss": "training loss without noise", "heldout_loss": "held-out loss",
+          "other_loss": "loss on another set"}
+
+
+def batch_embeddings(cfg: RunConfig, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(embeddings, attention mask) of the first training batch, from the untrained base model, in fp32."""
+    examples = load_prepared(cfg, "train")[: cfg.batch_size]
+    if not examples:
+        raise ValueError(f"{stage_dir(cfg, 'data')} holds no training example: run 01 first")
+    batch = collate(examples, pad_id)
+    model = load_base(cfg.model, precision=cfg.precision)
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(batch["input_ids"]).float()
+    del model
+    free_memory()
+    return embeds, batch["attention_mask"]
+
+
+def noise_on_batch(cfg: RunConfig, pad_id: int) -> pd.DataFrame:
+    """Per example of one real batch: its length L, the embeddings' norm, and the norm of the noise NEFTune
+    (uniform) and the Gaussian control add at the run's alpha (seeded with the run's noise seed)."""
+    embeds, mask = batch_embeddings(cfg, pad_id)
+    generator = torch.Generator().manual_seed(noise_seed(cfg.seed))
+    d = embeds.shape[-1]
+    noise = {dist: add_neftune_noise(embeds, mask, cfg.alpha, distribution=dist, generator=generator) - embeds
+             for dist in ("uniform", "gaussian")}
+    rows = []
+    for i in range(embeds.shape[0]):
+        n = int(mask[i].sum())
+        emb = float(embeds[i, :n].norm())
+        uniform, gauss = float(noise["uniform"][i, :n].norm()), float(noise["gaussian"][i, :n].norm())
+        rows.append({"example": i, "tokens L": n, "embedding size d": d,
+                     "largest noise entry alpha/sqrt(L d)": cfg.alpha / math.sqrt(n * d),
+                     "embedding norm": emb, "NEFTune noise norm": uniform, "NEFTune noise / embedding": uniform / emb,
+                     "Gaussian noise norm": gauss, "Gaussian noise / embedding": gauss / emb})
+    return pd.DataFrame(rows).set_index("example")
+
+
+def alpha_in_numbers(table: pd.DataFrame, alpha: float) -> str:
+    """What alpha means for these examples, in a few computed sentences of Markdown."""
+    short, long = table["tokens L"].min(), table["tokens L"].max()
+    return "\n".join([
+        f"- **alpha = {alpha:g}.** Each entry of an example's L x d embeddings moves by at most alpha/sqrt(L d): "
+        f"{table['largest noise entry alpha/sqrt(L d)'].max():.2g} for the shortest example here (L = {short}), "
+        f"{table['largest noise entry alpha/sqrt(L d)'].min():.2g} for the longest (L = {long}).",
+        f"- **The whole noise** has norm about alpha/sqrt(3) = {alpha / math.sqrt(3):.2f} whatever the length "
+        f"(measured: {table['NEFTune noise norm'].min():.2f} to {table['NEFTune noise norm'].max():.2f}), against "
+        f"embeddings of norm {table['embedding norm'].min():.2f} to {table['embedding norm'].max():.2f}: in the "
+        f"median example the noise is {table['NEFTune noise / embedding'].median():.0%} of the embeddings' norm. "
+        "Longer examples get less noise per token, so the same alpha disturbs each word of a long answer less.",
+        f"- **The Gaussian control** at the same alpha has norm about alpha = {alpha:g} "
+        f"(measured median {table['Gaussian noise norm'].median():.2f}): sqrt(3) times the uniform noise.",
+    ])
+
+
+def loss_table(cfg: RunConfig, stage: str = "train") -> pd.DataFrame:
+    """Every finished arm of a stage with its noise and the losses training measured (summary.csv)."""
+    path = stage_dir(cfg, stage) / "summary.csv"
+    if not path.exists() or not path.stat().st_size:
+        return pd.DataFrame()
+    table = pd.read_csv(path)
+    keep = ["arm", "alpha", "distribution", "steps", *[c for c in LOSSES if c in table]]
+    return table[keep].rename(columns=LOSSES).set_index("arm")
+
+
+def training_summary(cfg: RunConfig, stage: str = "train") -> str:
+    """What this stage's training shows: each noised arm's losses against the noise-free arm, in Markdown."""
+    table = loss_table(cfg, stage)
+    if table.empty:
+        return f"No arm of the {stage} stage has finished: nothing to read yet."
+    base = table[table["alpha"] == 0]
+    if base.empty:
+        return "No arm without noise (alpha 0) in this stage: no baseline to compare with."
+    ref = base.iloc[0]
+    lines = [f"Against the noise-free arm `{base.index[0]}` (one training seed each):"]
+    for arm, row in table[table["alpha"] > 0].iterrows():
+        parts = [f"{name} {row[name]:.3f} ({row[name] - ref[name]:+.3f})"
+                 for name in (LOSSES["train_nonoise_loss"], LOSSES["heldout_loss"], LOSSES["other_loss"])
+                 if name in row and pd.notna(row[name])]
+        lines.append(f"- **{arm}** ({row['distribution']} noise, alpha {row['alpha']:g}): " + "; ".join(parts) + ".")
+    lines.append("The paper (Figure 4) expects the training loss without noise to be higher with noise (less "
+                 "memorising) and the loss on other data lower. Whether these differences exceed the noise of "
+                 "the measurement is for notebooks 05 and 06: they put intervals on them.")
+    return "\n".join(lines)
+
+
+def memory_table(cfg: RunConfig) -> pd.DataFrame:
+    """Estimated peak training memory (GiB) by part, a full fine-tune against QLoRA, for this run's model and
+    batch (neftlib.training.memory: from the model's shape, nothing loaded)."""
+    full = estimate_memory(dataclasses.replace(cfg, method="full"))
+    q = qlora_config(cfg)
+    qlora = estimate_memory(q)
+    return pd.DataFrame({"full fine-tune (fp32 weights, AdamW)": full.as_gib(),
+                         f"QLoRA (4-bit NF4 base, LoRA r {q.lora_r})": qlora.as_gib()}).rename_axis("GiB")
+
+
+def weights_footprint(cfg: RunConfig) -> dict[str, float]:
+    """The base model's weights in GiB: fp32 (from its shape) against 4-bit NF4, estimated and measured after
+    loading it in 4-bit as QLoRA does."""
+    q = qlora_config(cfg)
+    model = load_base(cfg.model, precision=q.precision, load_in_4bit=True)
+    measured = model.get_memory_footprint() / GiB
+    del model
+    free_memory()
+    return {"fp32 weights (estimate)": estimate_memory(dataclasses.replace(cfg, method="full")).weights / GiB,
+            "4-bit weights (estimate)": estimate_memory(q).weights / GiB, "4-bit weights (measured)": measured}
+
+
+def qlora_summary(cfg: RunConfig, weights: dict[str, float]) -> str:
+    """What the QLoRA stage shows: the memory it saves and what its arms reached, in Markdown."""
+    share = weights["4-bit weights (measured)"] / weights["fp32 weights (estimate)"]
+    lines = [f"- **Memory:** in 4-bit the base model's weights take {weights['4-bit weights (measured)']:.3g} GiB, "
+             f"{share:.0%} of the {weights['fp32 weights (estimate)']:.3g} GiB of fp32 weights (what is not a "
+             "linear layer, such as the embeddings, stays in full precision, so small models save less)."]
+    arms = [a for s, a, _ in trained_arms(cfg) if s == "qlora"]
+    if not arms:
+        lines.append(f"- **Training:** this profile trains no QLoRA arm ({', '.join(stage_config(cfg, 'qlora')[1]) or 'none'}).")
+        return "\n".join(lines)
+    lines.append("- **Training:** " + training_summary(cfg, "qlora").replace("\n", "\n  "))
+    summary = read_json(stage_dir(cfg, "qlora") / arms[0] / "summary.json")
+    lines.append(f"- **Trained parameters:** {summary['trainable_params']:,} of {summary['total_params']:,} "
+                 f"({summary['trainable_params'] / summary['total_params']:.2%}), the LoRA adapters only.")
+    return "\n".join(lines)
