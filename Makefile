@@ -27,8 +27,12 @@ install: $(VENV)/.installed
 reproduce: install
 	$(PY) -m neftlib run --profile $(PROFILE) $(ARGS)
 
+# Test files spread over TEST_WORKERS processes (one thread each: more would only fight over the cores);
+# TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 test: install
-	$(PY) -m pytest -q $(ARGS)
+	$(if $(filter 0,$(TEST_WORKERS)),,OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}) $(PY) -m pytest -q \
+	    $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(ARGS)
 
 bench: install
 	$(PY) bench/bench_noise.py

@@ -62,10 +62,11 @@ def draw_win_rates(ours: pd.DataFrame, about: dict) -> Figure | None:
     grouped_bars(ax, groups)
     figure_legend(fig)
     ax.axhline(50, color="grey", lw=0.8, ls=":")
-    ax.set(ylabel=label("win_rate") + ", discrete votes, 95% interval", ylim=(0, 100))
+    ax.set(ylabel=label("win_rate"), ylim=(0, 100))
     clipped = int(ours["n_clipped"].fillna(0).sum()) if "n_clipped" in ours else 0
     headline(fig, "Win rate against Text-Davinci-003's answers: the paper beside this run",
-             "A win rate is only comparable with one from the same judge; 50% = as good as the reference."
+             "Discrete votes with 95% intervals. A win rate is only comparable with one from the same judge; "
+             "50% = as good as the reference."
              + (f" Our judge saw {clipped} answers clipped to fit its context." if clipped else ""))
     return fig
 
