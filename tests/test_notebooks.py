@@ -182,9 +182,9 @@ def test_no_transport_or_progress_noise(smoke_run):
         stderr = ["".join(o["text"]) for o in _outputs(root / "results" / "smoke" / "notebooks" / f"{name}.ipynb")
                   if o.get("output_type") == "stream" and o.get("name") == "stderr"]
         # `neftlib run` streams the kernels' training and answer bars to its terminal as text (tqdm's lines,
-        # "name:  40%|####  | 2/5 [...]"); nothing else may reach stderr: no warnings, no loading bars.
+        # "name:  40%|####  | 2/5 [...]", or "name: 0it [...]" for nothing to do); nothing else may reach stderr: no warnings, no loading bars.
         lines = [line for text in stderr for line in re.split(r"[\r\n]+", text) if line.strip()]
-        noise = [line for line in lines if not re.match(r"^[\w./ -]+: +\d+%\|.*\| *\d+/\d+ \[", line)]
+        noise = [line for line in lines if not re.match(r"^[\w./ -]+: +(\d+%\|.*\| *\d+/\d+|\d+it) \[", line)]
         assert not noise, f"{name} writes to stderr: {noise[:2]}"
 
 
