@@ -278,3 +278,27 @@ def test_notebook_parameters_checked_before_anything_runs(results, parameters, m
     with pytest.raises(ValueError, match=message):
         run_pipeline("smoke", parameters=parameters, progress=False)
     assert not (results / "smoke").exists()
+
+
+def test_analysis_reruns_from_each_arms_kept_losses_without_loading_a_model(smoke_run, monkeypatch):
+    from neftlib.analysis import overfitting
+    from neftlib.base.config import config_from_json
+
+    root, env, _ = smoke_run
+    monkeypatch.setenv("NEFTLIB_RESULTS_DIR", env["NEFTLIB_RESULTS_DIR"])
+    run = root / "results" / "smoke"
+    cfg = config_from_json(run / "config.json")
+    first = pd.read_csv(run / "analysis" / "example_losses.csv")
+    assert all((run / "train" / arm / overfitting.EXAMPLE_LOSSES).exists() for arm in first["arm"].unique())
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a finished arm's losses are read back, not computed again")
+
+    monkeypatch.setattr(overfitting, "load_trained", no_model)
+    again = overfitting.example_losses_table(cfg, progress=False)
+    pd.testing.assert_frame_equal(again.reset_index(drop=True), first, check_dtype=False)
+    # a kept file that no longer matches the run's sets is computed again
+    kept = run / "train" / "baseline" / overfitting.EXAMPLE_LOSSES
+    pd.read_csv(kept).iloc[:-1].to_csv(kept, index=False)
+    with pytest.raises(AssertionError, match="read back"):
+        overfitting.example_losses_table(cfg, progress=False)

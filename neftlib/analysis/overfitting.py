@@ -2,6 +2,8 @@
 same length / diversity / GPT-4 win-rate measures on the paper's own published before/after answers."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
@@ -22,6 +24,8 @@ from neftlib.evaluation.textstats import analyze_files, bleu, length_diversity_t
 from neftlib.evaluation.winrate import bootstrap_ci, load_annotations, summarize_preferences, win_values
 from neftlib.training.models import load_tokenizer
 from neftlib.training.train import load_trained
+
+EXAMPLE_LOSSES = "example_losses.csv"  # per-example losses without noise, in each finished arm's folder
 
 # The paper's before/after answers as published on the AlpacaEval leaderboard (NEFTLIB_DATA_DIR/alpaca_eval/).
 # `cutoff`: whitespace tokens per answer for repetition / diversity, as the paper cuts by training set
@@ -143,16 +147,31 @@ def example_losses_table(cfg: RunConfig, progress: bool = True, stages: tuple[st
     sets = {"train": load_prepared(cfg, "train")[: cfg.loss_subset], "heldout": load_prepared(cfg, "heldout"),
             "other": load_prepared(cfg, "other")}
     pad_id = load_tokenizer(cfg.model).pad_token_id
-    rows = []
+    frames = []
     arms = [(stage, arm, folder) for stage, arm, folder in trained_arms(cfg) if stage in stages]
     for stage, arm, folder in tqdm(arms, desc="per-example losses", disable=not progress):
-        model = load_trained(stage_config(cfg, stage)[0], folder)
-        for name, examples in sets.items():
-            for i, (loss, tokens) in enumerate(example_losses(model, examples, pad_id, cfg.batch_size)):
-                rows.append({"run": cfg.run_name, "stage": stage, "arm": arm, "set": name, "example": i,
-                             "tokens": tokens, "loss": loss})
-        del model
-    return pd.DataFrame(rows, columns=["run", "stage", "arm", "set", "example", "tokens", "loss"])
+        table = _arm_example_losses(cfg, stage, folder, sets, pad_id)
+        frames.append(table.assign(run=cfg.run_name, stage=stage, arm=arm))
+    columns = ["run", "stage", "arm", "set", "example", "tokens", "loss"]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+def _arm_example_losses(cfg: RunConfig, stage: str, folder: Path, sets: dict[str, list[dict]], pad_id: int) -> pd.DataFrame:
+    """One finished arm's per-example losses, kept beside its weights (EXAMPLE_LOSSES): a finished arm's weights
+    and the run's sets never change, and a rerun of the analysis then loads no model. A file whose sets or
+    sizes differ from the run's is computed again."""
+    path = folder / EXAMPLE_LOSSES
+    if path.exists():
+        kept = pd.read_csv(path)
+        if kept.groupby("set").size().to_dict() == {name: len(rows) for name, rows in sets.items() if rows}:
+            return kept
+    model = load_trained(stage_config(cfg, stage)[0], folder)
+    rows = [{"set": name, "example": i, "tokens": tokens, "loss": loss}
+            for name, examples in sets.items()
+            for i, (loss, tokens) in enumerate(example_losses(model, examples, pad_id, cfg.batch_size))]
+    del model
+    write_csv(path, rows)
+    return pd.DataFrame(rows, columns=["set", "example", "tokens", "loss"])
 
 
 def _variance_components(cfg: RunConfig) -> pd.DataFrame:

@@ -75,7 +75,7 @@ def alpha_in_numbers(table: pd.DataFrame, alpha: float) -> str:
 def loss_table(cfg: RunConfig, stage: str = "train") -> pd.DataFrame:
     """Every finished arm of a stage with its noise and the losses training measured (summary.csv)."""
     path = stage_dir(cfg, stage) / "summary.csv"
-    if not path.exists() or not path.stat().st_size:
+    if not path.exists() or not path.read_text().strip():  # a stage without arms writes an empty table
         return pd.DataFrame()
     table = pd.read_csv(path)
     keep = ["arm", "alpha", "distribution", "steps", *[c for c in LOSSES if c in table]]

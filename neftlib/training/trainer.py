@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from neftlib.data.batching import EpochSampler, non_pad_tokens
 from neftlib.base.io import read_json, write_json
@@ -124,8 +125,9 @@ class NoisyTrainer(Trainer):
 
 def checkpoints(out_dir: Path) -> list[Path]:
     """Published checkpoints of an arm, oldest first."""
-    found = [p for p in Path(out_dir).glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[11:]))
+    prefix = f"{PREFIX_CHECKPOINT_DIR}-"
+    found = [p for p in Path(out_dir).glob(f"{prefix}*") if p.is_dir() and p.name.removeprefix(prefix).isdigit()]
+    return sorted(found, key=lambda p: int(p.name.removeprefix(prefix)))
 
 
 def publish_checkpoint(staged: Path, target: Path) -> None:
