@@ -11,9 +11,9 @@ from typing import Any, Iterator
 
 from traitlets.config import Config
 
-from neftlib.base.io import is_done
+from neftlib.base.io import is_done, write_text
 from neftlib.base.paths import NOTEBOOKS_DIR, data_notice, run_dir
-from neftlib.base.progress import TEXT_ENV
+from neftlib.base.progress import TEXT_ENV, without_bars
 from neftlib.pipeline.hub import check_can_push, push_run
 from neftlib.pipeline.lock import LOCK_NAME, run_lock
 from neftlib.pipeline.stages import check_same_config, run_config
@@ -70,6 +70,24 @@ def _text_progress() -> Iterator[None]:
             os.environ.pop(TEXT_ENV, None)
         else:
             os.environ[TEXT_ENV] = before
+
+
+def drop_progress_bars(nb_path: Path) -> None:
+    """The executed copy without the text bars its kernel streamed to the terminal: they showed progress
+    while it ran and say nothing once it is done. Every other stderr line (a warning to act on) stays."""
+    nb = json.loads(nb_path.read_text(encoding="utf-8"))
+    for cell in nb["cells"]:
+        outputs = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                text = without_bars("".join(out["text"]) if isinstance(out["text"], list) else out["text"])
+                if not text:
+                    continue
+                out = {**out, "text": text}
+            outputs.append(out)
+        if "outputs" in cell:
+            cell["outputs"] = outputs
+    write_text(nb_path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
 
 def _failure(nb_path: Path, name: str, err: Exception) -> PipelineError:
@@ -159,4 +177,5 @@ def _execute(folder: Path, names: list[str], params: dict[str, Any], progress: b
                                     progress_bar=False, cwd=str(NOTEBOOKS_DIR), config=KERNEL_CONFIG, **stream)
         except pm.PapermillExecutionError as err:
             raise _failure(target, name, err) from None
+        drop_progress_bars(target)
         print(f"[{i}/{len(names)}] {name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
