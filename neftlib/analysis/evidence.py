@@ -22,7 +22,7 @@ from neftlib.base.paths import PROJ_ROOT
 EVIDENCE = PROJ_ROOT / "docs" / "evidence"
 OUT = PROJ_ROOT / "docs" / "figures"
 # figure -> (snapshot it is drawn from, the snapshot whose published-answer table it also reads)
-SNAPSHOTS = {"alpha_sweep": "cpu-sweep-2026-11-26", "win_rates": "cpu-alpaca-2026-11-26",
+SNAPSHOTS = {"alpha_sweep": "cpu-study-2026-11-30", "win_rates": "cpu-alpaca-2026-11-26",
              "length_diversity": "cpu-alpaca-2026-11-26"}
 PUBLISHED = "cpu-sweep-2026-11-26"  # the paper's published answers, measured by that run's stage 05
 # claims.csv's our_setting, as the report writes it: "<model> (<method>) on <data>; <scale>"
@@ -41,9 +41,12 @@ def snapshot_about(folder: Path) -> dict[str, str]:
     setting = SETTING.match(str(read(folder, "claims.csv")["our_setting"].iloc[0]))
     if setting is None:
         raise ValueError(f"{folder / 'claims.csv'}: our_setting is not '<model> (<method>) on <data>; <scale>'")
-    wins = read(folder, "winrates.csv")
-    judge = str(wins["judge"].iloc[0])
-    if "judge_agreement" in wins and pd.notna(wins["judge_agreement"].iloc[0]):
+    wins = read(folder, "winrates.csv") if (folder / "winrates.csv").exists() else pd.DataFrame()
+    if wins.empty:  # a run that judged nothing (the study measures the judge-free claims)
+        judge = "none"
+    else:
+        judge = str(wins["judge"].iloc[0])
+    if not wins.empty and "judge_agreement" in wins and pd.notna(wins["judge_agreement"].iloc[0]):
         judge += (f" (agrees with GPT-4 on {wins['judge_agreement'].iloc[0]:.0%} of "
                   f"{int(wins['agreement_n'].iloc[0])} published pairs)")
     scale = setting["scale"].replace("AlpacaEval prompts", "prompts").replace(".0 epoch", " epoch")
