@@ -160,6 +160,8 @@ def draw_alpha_sweep(metrics: pd.DataFrame, about: str, judge: str = "") -> Figu
         ax.set_title(f"{title}\n(paper: {direction})", fontsize=9)
         ax.set(ylabel=f"change from alpha 0{unit}")
         ax.set_xlabel("alpha (noise scale)\n" + textwrap.fill(_paper_sweep_note(metric), 60), fontsize=8)
+    for ax in axes[len(panels):]:  # a grid cell with no panel is left out, not drawn empty
+        fig.delaxes(ax)
     figure_legend(fig, ncols=3)
     headline(fig, "NEFTune alpha sweep: each metric's change from the same training seed's alpha-0 arm",
              f"{about}; {len(seeds)} training seed(s)"
