@@ -101,7 +101,7 @@ def test_progress_bars_are_text_in_kernels_the_runner_starts(monkeypatch, tmp_pa
     from neftlib.base.progress import TEXT_ENV
     from neftlib.pipeline.runner import run_pipeline
 
-    code = "import tqdm.auto, tqdm.std; from neftlib import progress; print(progress.tqdm is tqdm.std.tqdm, " \
+    code = "import tqdm.auto, tqdm.std; from neftlib.base import progress; print(progress.tqdm is tqdm.std.tqdm, " \
            "progress.tqdm is tqdm.auto.tqdm)"
     for value, expected in (("1", "True False"), ("", "False True")):  # text bars / widgets when in JupyterLab
         env = {**os.environ, "PYTHONPATH": str(PROJ), TEXT_ENV: value}
