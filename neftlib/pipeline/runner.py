@@ -75,9 +75,10 @@ def _text_progress() -> Iterator[None]:
 def drop_progress_bars(nb_path: Path) -> None:
     """The executed copy without the text bars its kernel streamed to the terminal: they showed progress
     while it ran and say nothing once it is done. Every other stderr line (a warning to act on) stays."""
-    if not nb_path.exists():  # nothing was written (an executor that keeps no copy)
+    try:
+        nb = json.loads(nb_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # no readable copy (an executor that keeps none): nothing to clean, nothing lost
         return
-    nb = json.loads(nb_path.read_text(encoding="utf-8"))
     for cell in nb["cells"]:
         outputs = []
         for out in cell.get("outputs", []):
