@@ -31,8 +31,9 @@ def test_without_a_gpu_it_says_so_and_exits_0(tmp_path):
 
 
 def test_make_gpu_check_is_that_one_command():
-    # Under `make test` this make is a sub-make: without these it would print "Entering directory".
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    # Under `make test` this make is a sub-make: without these it would print "Entering directory", and the
+    # ARGS of `make test ARGS=...` (exported to the environment) would reach gpu-check's command line.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "ARGS")}
     proc = subprocess.run(["make", "--no-print-directory", "-n", "gpu-check", "PY=/nonexistent/python",
                            "PYTHON=python3"], cwd=PROJ, capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 0 and proc.stdout.strip() == "python3 bench/gpu_check.py"
