@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from neftlib.analysis.detectable import detectable_text
 from neftlib.analysis.power import (components_from_summaries, design, design_table, interval_detectable_effect,
                            minimum_detectable_effect, overlap_detectable_effect, power_of, seed_change_variance,
                            variance_components)
@@ -175,3 +176,11 @@ def test_components_from_summaries_keep_what_was_measured():
         assert comp["sd_prompt"] ** 2 + comp["sd_residual"] ** 2 == pytest.approx(200.0**2)
         assert 2 * comp["sd_seed"] ** 2 + comp["sd_residual"] ** 2 / 24 == pytest.approx(650.0)
     assert ends["prompts_shared"]["sd_residual"] == 0 and ends["prompts_vary"]["sd_seed"] == 0
+
+
+def test_a_spread_of_zero_is_not_read_as_sensitivity():
+    # A judge that calls every pair a draw gives every prompt the same difference: the run's spread is 0, which
+    # says nothing about what it could detect, so no detectable change is claimed.
+    assert "not computable" in detectable_text(0.0) and "would" not in detectable_text(0.0)
+    assert detectable_text(3.58).startswith("smallest change this run could detect: 3.58")
+    assert detectable_text(math.nan) == "" and "no change" in detectable_text(math.inf)

@@ -92,5 +92,7 @@ def detectable_text(value: float) -> str:
     if math.isinf(value):
         return "no change this run could detect with 80% power"
     if value == 0:
-        return "its interval has no width (every item gave the same difference): any change would have shown"
+        # Zero spread (e.g. a judge that calls every pair a draw) is no evidence of sensitivity: say so.
+        return ("not computable: every item gave the same difference, so the run's spread says nothing about "
+                "the change it could detect")
     return f"smallest change this run could detect: {value:.3g} ({POWER:.0%} power, 95% confidence)"

@@ -98,11 +98,14 @@ def _length_groups(metric: str, ours: pd.DataFrame, published: pd.DataFrame | No
 def draw_lengths(ours: pd.DataFrame, published: pd.DataFrame | None, about: dict) -> Figure:
     """Answer length, log-diversity (release code) and 2-gram repetition: the paper's Table 4 and its published
     answers beside our arms (`ours`: diversity.csv, one row per arm named in `name`)."""
-    metrics = [m for m in ("avg_chars", "log_diversity_release", "rep_2")
-               if any(g["label"].startswith("ours") for g in _length_groups(m, ours, published, about))]
-    fig, axes = new_figure(len(metrics), width=5.2, height=4.6)
-    for ax, metric in zip(axes, metrics):
-        grouped_bars(ax, _length_groups(metric, ours, published, about))
+    groups = {m: _length_groups(m, ours, published, about) for m in ("avg_chars", "log_diversity_release", "rep_2")}
+    groups = {m: g for m, g in groups.items() if any(group["label"].startswith("ours") for group in g)}
+    # Wide enough that the values printed above the bars do not run into each other, tall enough for the
+    # slanted arm names under them and the axis label beside them.
+    bars = max((sum(len(group["bars"]) for group in g) for g in groups.values()), default=0)
+    fig, axes = new_figure(len(groups), width=max(5.2, 0.45 * bars + 1.2), height=4.6 if bars <= 8 else 5.4)
+    for ax, (metric, metric_groups) in zip(axes, groups.items()):
+        grouped_bars(ax, metric_groups)
         ax.set(title=NAMES[metric], ylabel=label(metric))
     figure_legend(fig)
     cutoff = int(ours["cutoff"].iloc[0]) if "cutoff" in ours else 50

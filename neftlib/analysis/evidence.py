@@ -22,9 +22,9 @@ from neftlib.base.paths import PROJ_ROOT
 EVIDENCE = PROJ_ROOT / "docs" / "evidence"
 OUT = PROJ_ROOT / "docs" / "figures"
 # figure -> (snapshot it is drawn from, the snapshot whose published-answer table it also reads)
-SNAPSHOTS = {"alpha_sweep": "cpu-study-2026-11-30", "win_rates": "cpu-alpaca-2026-11-26",
-             "length_diversity": "cpu-alpaca-2026-11-26"}
-PUBLISHED = "cpu-sweep-2026-11-26"  # the paper's published answers, measured by that run's stage 05
+SNAPSHOTS = {"alpha_sweep": "cpu-study-2026-11-30", "win_rates": "cpu-reference-2026-11-30",
+             "length_diversity": "cpu-reference-2026-11-30"}
+PUBLISHED = "cpu-reference-2026-11-30"  # the paper's published answers, measured by that run's stage 05
 # claims.csv's our_setting, as the report writes it: "<model> (<method>) on <data>; <scale>"
 SETTING = re.compile(r"^(?P<model>\S+) \((?P<method>[\w-]+)\) on (?P<data>[^;]+); (?P<scale>.+)$")
 

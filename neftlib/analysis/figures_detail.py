@@ -100,17 +100,19 @@ def length_diversity_table(run: str) -> Figure:
     frame = pd.concat(frames, ignore_index=True)
     columns = {"source": "from", "name": "model / arm", "cutoff": "cut at (words)", "n_kept": "answers kept",
                "avg_chars": "avg chars", "avg_tokens": "avg words", "rep_2": "rep-2 %", "rep_3": "rep-3 %",
-               "rep_4": "rep-4 %", "log_diversity_release": "log-diversity (release code; paper's scale)",
+               "rep_4": "rep-4 %", "log_diversity_release": "log-div. (release code, paper's scale)",
                "log_diversity": "log-div. (formula as written)"}
     columns = {key: name for key, name in columns.items() if key in frame}  # older tables lack a column
     cells = [[("-" if np.isnan(v) else f"{v:.2f}") if isinstance(v, float) else str(v) for v in row]
              for row in frame[list(columns)].itertuples(index=False)]
-    fig, (ax,) = new_figure(width=13, height=1.1 + 0.32 * len(cells))
+    fig, (ax,) = new_figure(width=13, height=1.1 + 0.26 * len(cells))
     ax.set_axis_off()
-    table = ax.table(cellText=cells, colLabels=list(columns.values()), loc="center", cellLoc="center")
+    # Columns as wide as their longest text, scaled to fill the axes: the table then stays inside the canvas.
+    widths = [max(len(head), *(len(row[i]) for row in cells)) + 2 for i, head in enumerate(columns.values())]
+    table = ax.table(cellText=cells, colLabels=list(columns.values()), cellLoc="center", bbox=[0, 0, 1, 1],
+                     colWidths=[w / sum(widths) for w in widths])
     table.auto_set_font_size(False)
     table.set_fontsize(8)
-    table.auto_set_column_width(list(range(len(columns))))
     headline(fig, "Answer length, n-gram repetition and log-diversity on AlpacaEval prompts",
              f"repetition on answers cut at the cutoff, shorter ones dropped; ours: {_about(run)}")
     return save_run(fig, run, "length_diversity_table")
