@@ -47,8 +47,9 @@ def loss_histograms(run: str) -> Figure:
                          ax=ax, legend=(i, j) == (0, len(sets) - 1))
             ax.set(title=f"{stage}: {names[name]}", xlabel="loss per example (nats / response token)",
                    ylabel="density of examples")
-    if axes[len(sets) - 1].get_legend() is not None:
-        axes[len(sets) - 1].get_legend().set_title("arm")
+    if axes[len(sets) - 1].get_legend() is not None:  # beside the panels, where it hides no bar
+        sns.move_legend(axes[len(sets) - 1], "upper left", bbox_to_anchor=(1.02, 1), title="arm", fontsize=7,
+                        title_fontsize=8, frameon=False)
     headline(fig, "Per-example loss without noise, baseline against noised arms (the paper's Figure 4)",
              f"{_about(run)}; paper: no printed numbers, NEFTune's training losses higher, other-set losses lower")
     return save_run(fig, run, "loss_histograms")
