@@ -213,13 +213,14 @@ def test_committed_reference_run_is_whole():
     for name in NOTEBOOKS:
         path = folder / f"{name}.ipynb"
         assert path.exists(), f"{path} is missing: make reference-run publishes it"
-        cells = json.loads(path.read_text())["cells"]
+        text = path.read_text()
+        cells = json.loads(text)["cells"]
         code = [c for c in cells if c["cell_type"] == "code"]
         assert all(c.get("execution_count") for c in code), f"{name}: a cell did not run"
         outputs = [o for c in code for o in c.get("outputs", [])]
         assert any("image/png" in o.get("data", {}) for o in outputs), f"{name}: no figure"
         assert not [o for o in outputs if o.get("output_type") == "error" or o.get("name") == "stderr"], name
-        assert str(PROJ) not in path.read_text()
+        assert str(PROJ) not in text
 
 
 def test_api_key_never_in_results_figures_or_executed_notebooks(smoke_run):

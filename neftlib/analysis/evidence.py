@@ -42,13 +42,12 @@ def snapshot_about(folder: Path) -> dict[str, str]:
     if setting is None:
         raise ValueError(f"{folder / 'claims.csv'}: our_setting is not '<model> (<method>) on <data>; <scale>'")
     wins = read(folder, "winrates.csv") if (folder / "winrates.csv").exists() else pd.DataFrame()
-    if wins.empty:  # a run that judged nothing (the study measures the judge-free claims)
-        judge = "none"
-    else:
+    judge = "none"  # a run that judged nothing (the study measures the judge-free claims)
+    if not wins.empty:
         judge = str(wins["judge"].iloc[0])
-    if not wins.empty and "judge_agreement" in wins and pd.notna(wins["judge_agreement"].iloc[0]):
-        judge += (f" (agrees with GPT-4 on {wins['judge_agreement'].iloc[0]:.0%} of "
-                  f"{int(wins['agreement_n'].iloc[0])} published pairs)")
+        if "judge_agreement" in wins and pd.notna(wins["judge_agreement"].iloc[0]):
+            judge += (f" (agrees with GPT-4 on {wins['judge_agreement'].iloc[0]:.0%} of "
+                      f"{int(wins['agreement_n'].iloc[0])} published pairs)")
     scale = setting["scale"].replace("AlpacaEval prompts", "prompts").replace(".0 epoch", " epoch")
     return {"model": setting["model"], "train_data": setting["data"], "scale": scale, "judge": judge}
 
