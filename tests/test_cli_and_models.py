@@ -78,3 +78,70 @@ def test_generation_is_batched_left_padded_and_order_preserving(tokenizer):
     single = [generate_answers(model, tokenizer, [p], max_new_tokens=6, batch_size=1, progress=False)[0]
               for p in prompts]
     assert batched == single
+
+
+def _odd_llama(folder: Path) -> Path:
+    """A tiny LLaMA whose MLP outputs 40 features: not a multiple of the 32 that bitsandbytes' AVX512-BF16
+    packing needs."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=96, hidden_size=48, intermediate_size=40, num_hidden_layers=1,
+                         num_attention_heads=3, num_key_value_heads=3, max_position_embeddings=64)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_4bit_model_answers_in_eval_mode_on_any_cpu(tmp_path):
+    from neftlib.training.models import load_base
+
+    model = load_base(str(_odd_llama(tmp_path / "odd")), load_in_4bit=True, device="cpu")
+    ids = torch.arange(1, 13).view(2, 6)
+    model.eval()
+    with torch.no_grad():
+        evaluated = model(ids).logits  # where bitsandbytes would repack its weights on an AVX512-BF16 CPU
+    model.train()
+    with torch.no_grad():
+        trained = model(ids).logits
+    packed = [n for n, m in model.named_modules()
+              if getattr(getattr(getattr(m, "weight", None), "quant_state", None), "packing_format_for_cpu", False)]
+    assert not packed
+    assert torch.equal(evaluated, trained)  # one kernel for both modes: the same numbers on every CPU
+
+
+def _has_avx512_bf16() -> bool:
+    from bitsandbytes.functional import has_avx512bf16
+
+    return bool(has_avx512bf16())
+
+
+@pytest.mark.skipif(not _has_avx512_bf16(), reason="this CPU has no AVX512-BF16: bitsandbytes never packs here")
+def test_avx512_bf16_packing_is_switched_off_where_bitsandbytes_would_take_it():
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import dequantize_4bit
+
+    from neftlib.training.models import portable_4bit
+
+    torch.manual_seed(0)
+    layer = bnb.nn.Linear4bit(48, 40, bias=False, compute_dtype=torch.float32, quant_type="nf4")
+    layer.load_state_dict({"weight": torch.randn(40, 48)})  # quantized on the move below
+    layer = layer.to("cpu")
+    layer(torch.zeros(1, 48))  # quantizes
+    assert layer.support_avx512bf16_for_cpu  # bitsandbytes itself would take the packed bf16 path here
+    wrapper = torch.nn.Sequential(layer)
+    assert portable_4bit(wrapper) == 1
+    layer.eval()
+    x = torch.randn(3, 48)
+    with torch.no_grad():
+        out = layer(x)
+    state = layer.weight.quant_state
+    assert not getattr(state, "packing_format_for_cpu", False)
+    expected = torch.nn.functional.linear(x, dequantize_4bit(layer.weight.data, state).to(x.dtype))
+    assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_importing_bitsandbytes_after_neftlib_writes_nothing_to_stderr():
+    # On AVX512-BF16 CPUs bitsandbytes logs at import that a hub kernel is missing; nothing a user can act on
+    proc = subprocess.run([sys.executable, "-c", "import neftlib, bitsandbytes, peft"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]

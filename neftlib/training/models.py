@@ -177,9 +177,26 @@ def load_base(name: str, *, precision: str = "fp32", load_in_4bit: bool = False,
         )
         kwargs["device_map"] = {"": device or ("cuda:0" if torch.cuda.is_available() else "cpu")}
     try:
-        return AutoModelForCausalLM.from_pretrained(model_path(name), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(model_path(name), **kwargs)
     except OSError as err:
         raise not_available(name, err) from None
+    if load_in_4bit:
+        portable_4bit(model)
+    return model
+
+
+def portable_4bit(model) -> int:
+    """Keep a model's 4-bit layers on bitsandbytes' portable kernels; returns how many layers it set.
+
+    On a CPU with AVX512-BF16, bitsandbytes 0.50 repacks a layer's weights for a bf16 kernel the first time the
+    layer runs in eval mode without gradients. That asserts on any layer whose output size is not a multiple
+    of 32, and it computes in bf16, so the same seed would give other numbers on another CPU. The dequantize
+    and matmul path it falls back to runs on every CPU and GPU alike.
+    """
+    layers = [m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
 
 
 def load_model(name: str, *, method: str = "full", precision: str = "fp32", lora_r: int = 16,
