@@ -1,7 +1,12 @@
 """The powered study's path: answers only (judge='none'), with the share of answers the cap cut."""
 from __future__ import annotations
 
+import gzip
+import json
 import math
+
+import pandas as pd
+import pytest
 
 from neftlib.base.recipes import load_config
 
@@ -53,3 +58,24 @@ def test_answers_only_run_records_lengths_and_cap_share(results):
     diversity = diversity_table(cfg).set_index("name")
     share = diversity.loc["train-neftune", "cap_share"]
     assert math.isclose(share, sum(record["hit_cap"]) / len(record["hit_cap"]))
+
+
+@pytest.mark.slow
+def test_dose_study_arm_is_measured_exported_and_never_run_twice(results, tmp_path):
+    from neftlib.pipeline import dose_study
+
+    evidence = tmp_path / "dose"
+    target = dose_study.measure_arm("neftune", evidence, progress=False, profile="smoke")
+    assert dose_study.exported(evidence, "neftune")
+    assert sorted(p.name for p in target.iterdir()) == sorted((*dose_study.ARM_FILES, "DONE"))
+    metrics = json.loads((target / "metrics.json").read_text())
+    assert metrics["alpha"] > 0 and 0 < metrics["noise_ratio"] < 10 and metrics["avg_chars"] >= 0
+    probe = pd.read_csv(target / "length_probe.csv.gz")
+    assert len(probe) == 6 and (probe["eos_logprob"] <= 0).all() and (probe["answer_nll"] > 0).all()
+    answers = json.loads(gzip.decompress((target / "model_outputs.json.gz").read_bytes()))
+    assert len(answers) == 6
+    stamp = (target / "DONE").read_text()
+    dose_study.measure_arm("neftune", evidence, progress=False, profile="smoke")  # found: nothing runs again
+    assert (target / "DONE").read_text() == stamp
+    with pytest.raises(ValueError, match="not an arm of smoke"):
+        dose_study.measure_arm("alpha30-seed9", evidence, profile="smoke")

@@ -158,6 +158,11 @@ PROFILES["cpu-study"] = {**PROFILES["cpu"], "prompt_format": "alpaca", "train_li
                          "arms": (*sweep_arms((0, 5, 15), (0, 1, 2)), *sweep_arms((5,), (0, 1, 2), "gaussian")),
                          "qlora_arms": (), "length_arms": ()}
 
+# Dose-response: the cpu-study recipe unchanged, at alpha 0 / 15 / 30 / 60 (noise / embedding norm ratio about
+# 0, 0.31, 0.62, 1.23 on SmolLM2-135M) with training seeds 0-3: 16 full fine-tunes. Each arm runs in a run folder
+# of its own (neftlib.pipeline.dose_study), so two processes of one thread each share a 2-core machine.
+PROFILES["cpu-dose"] = {**PROFILES["cpu-study"], "arms": sweep_arms((0, 15, 30, 60), (0, 1, 2, 3))}
+
 # The 03 stage runs the same profile as QLoRA: a config change, not another code path.
 QLORA: dict[str, dict[str, Any]] = {
     "default": dict(method="qlora", lora_r=64, lora_alpha=16, lora_dropout=0.1, learning_rate=2e-4),

@@ -148,12 +148,13 @@ def train_arms(cfg: RunConfig, stage: str = "train", arms: Sequence[str] | None 
         raise ValueError(f"arm(s) {unknown} are not arms of the {stage!r} stage: choose from {', '.join(stage_arms)}")
     state = process_state()
     examples = load_prepared(cfg, "train")
+    if run_cfg.train_limit is not None:  # the QLoRA stage may train on fewer rows than 01 prepared
+        examples = examples[: run_cfg.train_limit]
+    # The noise-free training loss is measured on rows the arm trained on, never beyond them.
     subsets = {"train_nonoise": examples[: cfg.loss_subset], "heldout": load_prepared(cfg, "heldout")}
     other = load_prepared(cfg, "other")
     if other:
         subsets["other"] = other
-    if run_cfg.train_limit is not None:  # the QLoRA stage may train on fewer rows than 01 prepared
-        examples = examples[: run_cfg.train_limit]
     pad_id = load_tokenizer(cfg.model).pad_token_id
     out = stage_dir(cfg, stage)
     summaries = []

@@ -184,6 +184,7 @@ def train(cfg: RunConfig, arm: ArmConfig, examples: list[dict], out_dir: Path, *
         # Every rank runs the noise-free losses in step (FSDP / DeepSpeed forwards are collectives).
         for name, subset in (loss_examples or {}).items():
             summary[f"{name}_loss"] = mean_loss(trainer.model_wrapped, subset, pad_id, cfg.batch_size)
+            summary[f"{name}_rows"] = len(subset)
         _save_model(trainer, out_dir / "model")
         if state.is_main_process:
             write_csv(out_dir / "log.csv", trainer.log_rows)
@@ -197,6 +198,9 @@ def train(cfg: RunConfig, arm: ArmConfig, examples: list[dict], out_dir: Path, *
         neftune.close()
         release(trainer)
         del trainer, model
+        # Only now is this frame's last reference gone: what is left of the arm is freed here, and the GPU
+        # allocator's cache goes back before the next arm (or the evaluation) asks for memory.
+        free_memory()
 
 
 def _summary(cfg: RunConfig, arm: ArmConfig, trainer, examples: list[dict], trainable: int, total: int,
@@ -230,10 +234,47 @@ def _save_model(trainer, target: Path) -> None:
 
 
 def release(trainer) -> None:
-    """Let go of an arm's model, optimizer and Trainer before the next arm, so their memory is free again."""
-    trainer.accelerator.free_memory()
+    """Let go of an arm's model, optimizer and Trainer before the next arm, so their memory is free again.
+
+    accelerate stores wrappers bound to the model on the model (the autocast forward of bf16 / fp16) and, with
+    fp16's loss scaler, step methods on the optimizers: reference cycles that only a garbage collection would
+    break, so the weights and Adam's moments outlived the arm. They are removed here, after which dropping the
+    last reference frees the model by reference counting alone.
+    """
+    from accelerate.utils import extract_model_from_parallel
+
+    accelerator = trainer.accelerator
+    models = [m for m in (trainer.model, trainer.model_wrapped, *accelerator._models) if m is not None]
+    for model in models:
+        unbind_accelerate(extract_model_from_parallel(model))
+    for optimizer in [*accelerator._optimizers, trainer.optimizer]:
+        unbind_optimizer(optimizer)
+    accelerator.free_memory()  # accelerate's own lists of what it prepared
     trainer.model = trainer.model_wrapped = trainer.optimizer = trainer.lr_scheduler = None
-    free_memory()
+    handler = trainer.callback_handler  # callbacks are handed the model and optimizer too
+    handler.model = handler.optimizer = handler.lr_scheduler = None
+
+
+def unbind_accelerate(model) -> None:
+    """Drop the forward wrappers accelerate's prepare bound onto `model` (methods of the model kept in its own
+    __dict__): the class's forward applies again, and the model no longer refers to itself."""
+    model.__dict__.pop("_original_forward", None)
+    forward = model.__dict__.get("forward")
+    if forward is not None and getattr(forward, "__self__", None) is model:
+        del model.__dict__["forward"]
+
+
+def unbind_optimizer(optimizer) -> None:
+    """Drop the step methods accelerate's AcceleratedOptimizer keeps for the loss scaler (a closure over the
+    wrapper held by the wrapper, and the inner optimizer's bound step stored on that optimizer)."""
+    if optimizer is None:
+        return
+    for name in ("_optimizer_original_step_method", "_optimizer_patched_step_method"):
+        optimizer.__dict__.pop(name, None)
+    inner = getattr(optimizer, "optimizer", None)
+    if inner is not None and "step" in inner.__dict__:
+        # the class's step stays; only the instance's override (accelerate's or the LR scheduler's wrapper) goes
+        del inner.__dict__["step"]
 
 
 def load_trained(cfg: RunConfig, out_dir: Path):
