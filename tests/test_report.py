@@ -6,10 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from neftlib.analysis.claims import (HELD, NOISE, NOT_HELD, NOT_MEASURED, PARTLY, combine, difference_verdict,
-                                     flat_verdict, interval_verdict, is_chat_model, log_diversity_of, ngram_counts,
-                                     pick_roles)
-from neftlib.analysis.pairwise import paired_bootstrap, paired_win_rates
+from neftlib.analysis.claims import is_chat_model, log_diversity_of, ngram_counts, pick_roles
+from neftlib.analysis.pairwise import paired_win_rates
+from neftlib.analysis.verdict import NOT_MEASURED, decide, interval_test
 from neftlib.analysis.paper import FIGURE1, paper_dataset
 from neftlib.base.io import write_csv, write_json
 from neftlib.evaluation.textstats import length_diversity_table, log_diversity, whitespace_tokens
@@ -18,62 +17,7 @@ from neftlib.evaluation.winrate import bootstrap_ci
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_eval"
 
 
-# ---------- verdict rules ----------
-
-@pytest.mark.parametrize("base,treat,expect,verdict", [
-    ((25, 35), (55, 65), "higher", HELD),  # intervals apart, the expected way
-    ((25, 35), (30, 40), "higher", NOISE),  # overlap: no call
-    ((55, 65), (25, 35), "higher", NOT_HELD),  # apart, the other way
-    ((55, 65), (25, 35), "lower", HELD),
-    ((25, 35), (35, 45), "higher", NOISE),  # touching counts as overlapping
-    ((25, math.nan), (55, 65), "higher", NOT_MEASURED),
-])
-def test_interval_verdict(base, treat, expect, verdict):
-    assert interval_verdict(base, treat, expect) == verdict
-
-
-@pytest.mark.parametrize("low,high,expect,verdict", [
-    (0.1, 0.5, "higher", HELD), (-0.5, -0.1, "higher", NOT_HELD), (-0.1, 0.3, "higher", NOISE),
-    (-0.5, -0.1, "lower", HELD), (0.0, 0.4, "higher", NOISE), (math.nan, 1.0, "higher", NOT_MEASURED),
-])
-def test_difference_verdict(low, high, expect, verdict):
-    assert difference_verdict(low, high, expect) == verdict
-
-
-@pytest.mark.parametrize("low,high,verdict", [
-    (-0.1, 0.1, HELD),  # inside the margin: unchanged
-    (0.05, 0.15, HELD),  # a real but negligible change still counts as unchanged
-    (0.5, 0.9, NOT_HELD),  # a clear change past the margin
-    (-0.9, -0.5, NOT_HELD),
-    (-0.5, 0.6, NOISE),  # too wide to tell
-    (0.1, 0.5, NOISE),  # excludes 0 but may still be within the margin
-])
-def test_flat_verdict(low, high, verdict):
-    assert flat_verdict(low, high, margin=0.2) == verdict
-
-
-@pytest.mark.parametrize("parts,verdict", [
-    ([HELD, HELD], HELD), ([HELD, NOISE], PARTLY), ([HELD, NOT_HELD], NOT_HELD), ([NOISE, NOISE], NOISE),
-    ([HELD, NOT_MEASURED], PARTLY), ([NOT_MEASURED], NOT_MEASURED), ([NOISE, NOT_MEASURED], NOISE),
-])
-def test_combine(parts, verdict):
-    assert combine(parts) == verdict
-
-
-# ---------- intervals and measures ----------
-
-def test_paired_bootstrap_is_seeded_and_exact_for_a_constant_shift():
-    rng = np.random.default_rng(1)
-    a = rng.normal(size=50)
-    b = a + 2.0  # every item moves by exactly 2: the paired interval has no width
-    point, low, high = paired_bootstrap(lambda i: b[i].mean() - a[i].mean(), 50, n_boot=200)
-    assert point == pytest.approx(2.0) and low == pytest.approx(2.0) and high == pytest.approx(2.0)
-    noisy = a + rng.normal(size=50)
-    first = paired_bootstrap(lambda i: noisy[i].mean() - a[i].mean(), 50, n_boot=300, seed=3)
-    assert first == paired_bootstrap(lambda i: noisy[i].mean() - a[i].mean(), 50, n_boot=300, seed=3)
-    assert first[1] < first[0] < first[2]
-    assert all(math.isnan(v) for v in paired_bootstrap(lambda i: 0.0, 0))
-
+# ---------- intervals and measures (the rule itself: tests/test_verdict.py) ----------
 
 def test_win_rates_are_compared_paired_over_the_prompts():
     # 60 prompts: the baseline wins the first 18 (30%), the treatment the same 18 and 6 more (40%). Each arm's own
@@ -81,10 +25,12 @@ def test_win_rates_are_compared_paired_over_the_prompts():
     # clearly above 0: only a paired comparison sees the change.
     base, treat = (np.array([1.0] * k + [0.0] * (60 - k)) for k in (18, 24))
     (bl, bh), (tl, th) = bootstrap_ci(base, seed=0), bootstrap_ci(treat, seed=0)
-    assert interval_verdict((bl, bh), (tl, th)) == NOISE
+    assert tl < bh  # the arms' own intervals overlap
     w = paired_win_rates(base, treat, n_boot=500)
     assert (w["baseline"], w["treatment"], w["difference"], w["n"]) == (30.0, 40.0, 10.0, 60)
-    assert 0 < w["low"] < 10 < w["high"] and difference_verdict(w["low"], w["high"]) == HELD
+    assert 0 < w["low"] < 10 < w["high"]
+    assert decide(interval_test(w["difference"], w["low"], w["high"], w["n"]), "higher") == "shown"
+    assert (w["decided_baseline"], w["decided_treatment"]) == (1.0, 1.0)
     # a prompt without a judgment in either arm leaves the comparison
     treat[0] = np.nan
     assert paired_win_rates(base, treat, n_boot=50)["n"] == 59
@@ -186,12 +132,15 @@ def test_report_verdicts_from_results(tmp_path, monkeypatch, names):
     run = _make_run(tmp_path, names)
     tables = build_report(run, n_boot=300)
     verdicts = tables["claims"].set_index("claim_id")["verdict"]
-    assert verdicts["win_rate_up"] == HELD
-    assert verdicts["loss"] == HELD and verdicts["overlap"] == HELD
-    assert verdicts["length_diversity"] == HELD and verdicts["gaussian"] == HELD
+    assert verdicts["win_rate_up"] == "shown"
+    assert verdicts["loss"] == "shown" and verdicts["overlap"] == "shown"
+    assert verdicts["length_diversity"] == "shown" and verdicts["gaussian"] == "shown"
     assert verdicts["qlora"] == NOT_MEASURED  # no QLoRA stage in this run
     assert verdicts["chat_gain"] == NOT_MEASURED  # tiny-random is not a chat model
-    assert verdicts["openllm_flat"] == HELD  # eval/openllm.csv: (stage, arm, task, value, stderr)
+    assert verdicts["openllm_flat"] == "shown"  # eval/openllm.csv: (stage, arm, task, value, stderr)
+    evidence = tables["claim_evidence"]
+    ours = evidence[(evidence["scope"] == "ours") & evidence["p_value"].notna()]
+    assert ours["p_holm"].notna().all() and (ours["p_holm"] >= ours["p_value"]).all()  # Holm over the run's tests
     assert tables["claims"].set_index("claim_id")["published_verdict"]["win_rate_up"] == NOT_MEASURED
     assert names["neftune"] in tables["claims"].set_index("claim_id")["arms"]["win_rate_up"]
     # answers the judge saw clipped are named wherever the win rate is shown
@@ -204,13 +153,13 @@ def test_report_verdicts_from_results(tmp_path, monkeypatch, names):
     paper = pd.read_csv(folder / "paper_vs_ours.csv")
     alpaca = paper[paper["metric"] == "win rate (%), Alpaca"].iloc[0]
     assert (alpaca["paper_before"], alpaca["paper_after"]) == (29.79, 64.69)
-    assert (alpaca["ours_before"], alpaca["ours_after"]) == (30, 60) and alpaca["ours_verdict"] == HELD
+    assert (alpaca["ours_before"], alpaca["ours_after"]) == (30, 60) and alpaca["ours_verdict"] == "shown"
     for side in ("paper", "ours"):  # model, data, judge and scale stated on both sides
         assert alpaca[[f"{side}_model", f"{side}_data", f"{side}_judge", f"{side}_scale"]].notna().all()
     evidence = pd.read_csv(folder / "claim_evidence.csv")
     length = evidence[(evidence["claim_id"] == "length_diversity") & evidence["part"].str.startswith("answer length")]
-    assert length["low"].iloc[0] > 0 and length["verdict"].iloc[0] == HELD
-    assert "held" in (folder / "summary.md").read_text()
+    assert length["low"].iloc[0] > 0 and length["verdict"].iloc[0] == "shown"
+    assert "shown" in (folder / "summary.md").read_text()
 
 
 def test_published_table_says_why_it_is_skipped(monkeypatch):
@@ -323,40 +272,45 @@ def _length_run(root: Path, seeds: dict[int, float], n: int = 200, sd_diff: floa
 
 
 def test_report_prints_the_smallest_change_the_run_could_detect(results):
-    """One seed, no effect, per-prompt differences with SD 60 over 200 prompts: the verdict is 'within noise'
-    and the row carries the MDE of that design, 2.8 * 60 / sqrt(200) ~ 11.9 characters."""
+    """One seed, no effect, per-prompt differences with SD 60 over 200 prompts: the change is not shown and the row
+    carries the MDE of that design, 2.8 * 60 / sqrt(200) ~ 11.9 characters, marked as a lower bound."""
     from neftlib.analysis.power import minimum_detectable_effect
     from neftlib.analysis.report import build_report
 
     run = _length_run(results, {0: 0.0})
     tables = build_report(run, n_boot=1000)
     row = tables["claim_evidence"].set_index("part").loc["answer length (characters)"].iloc[0]
-    assert row["verdict"] == NOISE
+    assert row["verdict"].split(",")[0].split(" ")[0] in ("not", "excluded")
     expected = minimum_detectable_effect(200, 1, 60.0, 0.0)
     assert row["detectable_effect"] == pytest.approx(expected, rel=0.15)  # the run's own SD and bootstrap vary
-    assert "one training seed" in row["detectable_basis"]
+    assert row["design"] == "prompts" and bool(row["lower_bound"])
     claims = tables["claims"].set_index("claim_id")
-    assert f"answer length (characters): {row['detectable_effect']:.3g}" in claims.loc["length_diversity",
-                                                                                       "detectable_effect"]
+    assert f"answer length (characters): at least {row['detectable_effect']:.3g}" in claims.loc["length_diversity",
+                                                                                                "detectable_effect"]
     summary = (results / run / "report" / "summary.md").read_text()
-    line = next(l for l in summary.splitlines() if l.startswith("- **Longer answers"))
-    assert f"within noise (smallest change this run could detect: {row['detectable_effect']:.3g}" in line
+    assert "a lower bound, marked 'at least'" in summary
     paper = tables["paper_vs_ours"]
     beside = paper[paper["metric"] == "answer length (characters), Alpaca"].iloc[0]
-    assert beside["ours_detectable_effect"] == row["detectable_effect"] and beside["paper_before"] == 375.22
+    assert beside["paper_before"] == 375.22
 
 
-def test_seeds_that_move_the_change_raise_the_detectable_change(results):
-    """Three seeds whose noised arms differ by -40, 0 and +40 characters on the same prompts: the seed's share
-    (what the per-seed changes spread beyond the prompts' noise) is added to the one-pair verdict's MDE."""
-    from neftlib.analysis.power import interval_detectable_effect
+def test_several_seeds_are_tested_per_seed_with_their_own_degrees_of_freedom(results):
+    """Three seeds whose noised arms differ by -40, 0 and +40 characters on the same prompts: the verdict is the t
+    test of the three per-seed changes (2 degrees of freedom), and its detectable change is far above one seed's."""
     from neftlib.analysis.report import build_report
 
     run = _length_run(results, {0: -40.0, 1: 0.0, 2: 40.0})
     row = build_report(run, n_boot=1000)["claim_evidence"].set_index("part").loc["answer length (characters)"].iloc[0]
-    assert "per-seed changes" in row["detectable_basis"]
-    one_seed = interval_detectable_effect(row["low"], row["high"], int(row["n_items"]))
+    assert row["design"] == "seeds" and row["n_seeds"] == 3 and row["df"] == 2 and not bool(row["lower_bound"])
+    assert "per-seed changes" in row["note"]
+    one_seed = minimum_detectable_effect_one_seed()
     assert row["detectable_effect"] > 2 * one_seed  # a seed spread of 40 dwarfs the prompts' 60 / sqrt(200)
+
+
+def minimum_detectable_effect_one_seed() -> float:
+    from neftlib.analysis.power import detectable_effect, one_seed_lower_bound
+
+    return detectable_effect(one_seed_lower_bound(200, 60.0))
 
 
 def test_every_paper_table_is_named_and_judged():
@@ -405,6 +359,6 @@ def test_published_win_rates_are_compared_paired(monkeypatch):
     monkeypatch.setenv("NEFTLIB_DATA_DIR", str(REAL_DATA.parent))
     row = published_win_row("win_rate_up", "alpaca", ("alpaca-7b", "alpaca-7b-neft"), n_boot=300)
     # the 803 prompts GPT-4 judged for both models (Alpaca-7B-NEFT's file has two nulls)
-    assert row["note"].startswith("803 prompts") and row["verdict"] == HELD
+    assert row["note"].startswith("803 prompts") and row["design"] == "prompts"
     assert row["baseline"] == pytest.approx(100 * (205 + 8) / 805, abs=0.3) and row["treatment"] > 60
     assert 0 < row["low"] < row["difference"] < row["high"] and row["basis"].startswith("paired bootstrap")

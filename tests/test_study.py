@@ -5,6 +5,7 @@ import gzip
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -79,3 +80,48 @@ def test_dose_study_arm_is_measured_exported_and_never_run_twice(results, tmp_pa
     assert (target / "DONE").read_text() == stamp
     with pytest.raises(ValueError, match="not an arm of smoke"):
         dose_study.measure_arm("alpha30-seed9", evidence, profile="smoke")
+
+
+def _fake_dose_arms(folder, seeds=(0, 1, 2), slope=100.0):
+    """Exported arms whose answer length rises by `slope` characters per unit of noise ratio, plus seed noise."""
+    rng = np.random.default_rng(0)
+    for seed in seeds:
+        for alpha, ratio in ((0, 0.0), (15, 0.31), (30, 0.62), (60, 1.23)):
+            arm = folder / "arms" / f"alpha{alpha}-seed{seed}"
+            arm.mkdir(parents=True)
+            metrics = {"arm": arm.name, "alpha": alpha, "seed": seed, "noise_ratio": ratio or None,
+                       "avg_chars": 400 + slope * ratio + rng.normal(0, 5), "rouge_l": 40 + rng.normal(0, 1),
+                       "heldout_loss": 2.0 + 0.01 * ratio + rng.normal(0, 0.001),
+                       "log_diversity_release": 16 + rng.normal(0, 0.1)}
+            (arm / "metrics.json").write_text(json.dumps(metrics))
+            probe = pd.DataFrame({"prompt": range(4), "eos_logprob": -1.0 - 0.5 * ratio + rng.normal(0, 0.01, 4),
+                                  "answer_nll": 2.0 + rng.normal(0, 0.01, 4), "answer_tokens": [10, 20, 30, 40]})
+            with gzip.open(arm / "length_probe.csv.gz", "wt") as fh:
+                probe.to_csv(fh, index=False)
+            (arm / "DONE").write_text("{}")
+
+
+def test_dose_response_fits_a_slope_per_seed_and_tests_it_over_seeds(tmp_path):
+    from neftlib.analysis import dose_response as dr
+
+    _fake_dose_arms(tmp_path)
+    arms = dr.arm_table(tmp_path)
+    assert len(arms) == 12 and (arms.loc[arms["alpha"] == 0, "noise_ratio"] == 0).all()
+    table = dr.dose_response(arms).set_index("metric")
+    assert list(table.columns[:0]) == [] and {"slope", "low", "high", "n_seeds", "detectable_slope",
+                                              "verdict"} <= set(table.columns)
+    length = table.loc["avg_chars"]
+    assert length["n_seeds"] == 3 and length["low"] < 100 < length["high"] and length["verdict"] == "shown"
+    assert table.loc["eos_logprob", "verdict"] == "shown"  # falls with the dose: the paper's direction
+    assert table.loc["heldout_loss", "verdict"] == "opposite"  # rises, where the paper says it falls
+    assert table.loc["answer_nll", "verdict"].startswith("reported, no verdict")
+    assert table["p_holm"].notna().sum() == 5  # Holm over the five metrics with a direction
+
+
+def test_dose_response_waits_for_three_complete_seeds(tmp_path, capsys):
+    from neftlib.analysis import dose_response as dr
+
+    _fake_dose_arms(tmp_path, seeds=(0, 1))
+    assert dr.main([str(tmp_path)]) == 0
+    assert "no slope reported yet" in capsys.readouterr().out
+    assert (tmp_path / "arm_metrics.csv").exists() and not (tmp_path / "dose_response.csv").exists()

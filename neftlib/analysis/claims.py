@@ -1,11 +1,11 @@
-"""The paper's claims tested on a run's results: verdict rules, paired bootstraps, and the evidence per claim.
+"""The paper's claims measured on a run's results: one evidence row per measured part of a claim.
 
-Verdicts: "held" (the effect the paper reports, beyond noise), "not held" (the opposite effect beyond
-noise, or a difference where the paper reports none), "within noise" (the intervals cannot tell),
-"partly held" (one part of a two-part claim held), "not measured here". Every metric, win rates included,
-uses a paired bootstrap 95% interval of the difference (the same prompts or examples resampled for both
-arms); a win rate's per-prompt values are the judge's discrete votes (eval/<stage>-<arm>/annotations.json).
-Everything is read from results/<run>/; nothing is retrained or regenerated.
+Each row holds the change (treatment minus baseline arm) of one metric, its 95% interval and the test that
+gives its verdict under the project's one rule (neftlib.analysis.verdict, docs/methodology.md): a paired
+bootstrap over the prompts or examples both arms answered (one training seed), or the t test of the per-seed
+changes (several seeds; neftlib.analysis.report combines them). `finalize` applies Holm's correction over a
+run's rows and writes each verdict. A win rate's per-prompt values are the judge's discrete votes
+(eval/<stage>-<arm>/annotations.json). Everything is read from results/<run>/; nothing is retrained.
 """
 from __future__ import annotations
 
@@ -17,59 +17,16 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from neftlib.analysis.pairwise import paired_bootstrap, paired_win_rates
+from neftlib.analysis.pairwise import paired_win_rates
+from neftlib.analysis.verdict import (CANNOT_DECIDE, NOT_MEASURED, Test, decide, holm, interval_test,
+                                      judge_can_decide, paired_interval)
 from neftlib.base.paths import run_dir
 from neftlib.evaluation.textstats import LOG_DIVERSITY_CAP, bleu, log_diversity_release_values, whitespace_tokens
 from neftlib.evaluation.winrate import prompt_win_values
 
-HELD, NOT_HELD, NOISE, PARTLY, NOT_MEASURED = "held", "not held", "within noise", "partly held", "not measured here"
-DIVERSITY_MARGIN = 0.10  # "unchanged" log-diversity: the difference's interval within +-10% of the baseline's value
-OPENLLM_MARGIN = 2.0  # "flat" OpenLLM accuracy: the difference's interval within +-2 points
-
-
-# ---------- verdict rules ----------
-
-def interval_verdict(base: Sequence[float], treat: Sequence[float], expect: str = "higher") -> str:
-    """Two arms' (low, high) intervals: the expected direction only when they do not overlap."""
-    if any(v is None or not math.isfinite(v) for v in (*base, *treat)):
-        return NOT_MEASURED
-    above, below = treat[0] > base[1], treat[1] < base[0]
-    if not (above or below):
-        return NOISE
-    return HELD if above == (expect == "higher") else NOT_HELD
-
-
-def difference_verdict(low: float, high: float, expect: str = "higher") -> str:
-    """Interval of (treatment - baseline): held when it excludes 0 on the expected side."""
-    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
-        return NOT_MEASURED
-    if low <= 0 <= high:
-        return NOISE
-    return HELD if (low > 0) == (expect == "higher") else NOT_HELD
-
-
-def flat_verdict(low: float, high: float, margin: float) -> str:
-    """'No change': held when the difference's interval lies within +-margin, not held when it excludes 0
-    and reaches past the margin, else within noise (too wide to tell)."""
-    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
-        return NOT_MEASURED
-    if -margin <= low and high <= margin:
-        return HELD
-    if (low > 0 or high < 0) and (low > margin or high < -margin):
-        return NOT_HELD
-    return NOISE
-
-
-def combine(verdicts: Sequence[str]) -> str:
-    """One verdict for a claim made of parts: held only when every part is measured and held."""
-    measured = [v for v in verdicts if v != NOT_MEASURED]
-    if not measured:
-        return NOT_MEASURED
-    if NOT_HELD in measured:
-        return NOT_HELD
-    if len(measured) == len(verdicts) and all(v == HELD for v in measured):
-        return HELD
-    return PARTLY if HELD in measured else NOISE
+DIVERSITY_MARGIN = 0.10  # "unchanged" log-diversity: the change's interval within +-10% of the baseline's value
+OPENLLM_MARGIN = 2.0  # "flat" OpenLLM accuracy: the change's interval within +-2 points
+RELEASED = "the paper's released answers (uncontrolled): no verdict"
 
 
 def ngram_counts(outputs: Sequence[str], cutoff: int) -> np.ndarray:
@@ -225,25 +182,82 @@ CLAIMS = {
     "gaussian": "Gaussian noise: longer answers without the gain",
 }
 WIN_BASIS = "paired bootstrap 95% interval of the difference over the prompts judged for both arms (discrete votes)"
-PAIRED_BASIS = "paired bootstrap 95% interval of the difference"
+PAIRED_BASIS = "paired bootstrap 95% interval of the difference (BCa)"
+SEEDS_BASIS = "t interval of the per-seed paired changes"
+VALUES = ("baseline", "treatment", "difference", "low", "high", "baseline_low", "baseline_high", "treatment_low",
+          "treatment_high", "n_items")
+TEST_COLUMNS = ("design", "n_seeds", "df", "p_value", "detectable_effect", "lower_bound")
 
 
-def evidence_row(claim: str, part: str, stage: str, arms: tuple, verdict: str, note: str = "", **values) -> dict:
-    """One tidy row of claim_evidence.csv: the two arms compared, their values, the interval and the verdict."""
-    return {"claim_id": claim, "part": part, "stage": stage, "baseline_arm": arms[0], "treatment_arm": arms[1],
-            **{k: values.get(k, math.nan) for k in ("baseline", "treatment", "difference", "low", "high",
-                                                     "baseline_low", "baseline_high", "treatment_low",
-                                                     "treatment_high", "n_items")},
-            "basis": values.get("basis", ""), "verdict": verdict, "note": note}
+def evidence_row(claim: str, part: str, stage: str, arms: tuple, expect: str, note: str = "",
+                 test: Test | None = None, margin: float = math.nan, **values) -> dict:
+    """One tidy row of claim_evidence.csv: the two arms compared, their values, the interval, the test and (once
+    `finalize` has run) the verdict. `expect`: the paper's direction ("higher", "lower" or "unchanged")."""
+    row = {"claim_id": claim, "part": part, "stage": stage, "baseline_arm": arms[0], "treatment_arm": arms[1],
+           **{k: values.get(k, math.nan) for k in VALUES}, "basis": values.get("basis", ""), "expect": expect,
+           "margin": margin, "design": "", "n_seeds": math.nan, "df": math.nan, "p_value": math.nan,
+           "detectable_effect": math.nan, "lower_bound": False, "verdict": values.get("verdict", ""), "note": note}
+    if test is not None:
+        row.update(difference=test.estimate, low=test.low, high=test.high, design=test.design, df=test.df,
+                   p_value=test.p_value, detectable_effect=test.detectable, lower_bound=test.lower_bound,
+                   n_seeds=test.n if test.design == "seeds" else 1)
+        for k in ("decided_baseline", "decided_treatment"):
+            if k in values:
+                row[k] = values[k]
+    else:
+        row.update({k: values[k] for k in ("decided_baseline", "decided_treatment") if k in values})
+    return row
 
 
-def unmeasured(claim: str, part: str, stage: str, arms: tuple, note: str) -> dict:
+def unmeasured(claim: str, part: str, stage: str, arms: tuple, note: str, expect: str = "higher") -> dict:
     """A claim part this run cannot measure, and why."""
-    return evidence_row(claim, part, stage, arms, NOT_MEASURED, note)
+    return evidence_row(claim, part, stage, arms, expect, note, verdict=NOT_MEASURED)
+
+
+def row_test(row: pd.Series | dict) -> Test | None:
+    """The Test an evidence row holds (None for a row with no measurement)."""
+    if not row.get("design"):
+        return None
+    n = row["n_seeds"] if row["design"] == "seeds" else row["n_items"]
+    return Test(float(row["difference"]), float(row["low"]), float(row["high"]), float(row["p_value"]),
+                float(row["df"]), str(row["design"]), int(n) if pd.notna(n) else 0, float(row["detectable_effect"]),
+                bool(row["lower_bound"]))
+
+
+def finalize(evidence: pd.DataFrame, calibrated: bool | None = None) -> pd.DataFrame:
+    """Every row's verdict under the one rule: the published answers get none (uncontrolled pairs); a win rate from
+    a judge that cannot decide gets "judge cannot decide"; the others are decided after Holm's correction over the
+    run's tests (`p_holm`). `calibrated`: the judge's calibration on the paper's own answers, where known."""
+    ev = evidence.copy()
+    ev["p_holm"] = math.nan
+    ev["verdict"] = ev["verdict"].fillna("").astype(object)
+    published = ev.get("scope", pd.Series("ours", index=ev.index)) == "published"
+    ev.loc[published & (ev["verdict"] != NOT_MEASURED), "verdict"] = RELEASED
+    judged = ev["part"].astype(str).str.contains("win rate") & ~published & (ev["design"] != "")
+    for i in ev.index[judged]:
+        shares = [ev.at[i, k] for k in ("decided_baseline", "decided_treatment") if k in ev]
+        ok, why = judge_can_decide([float(x) for x in shares if pd.notna(x)], calibrated)
+        if not ok:
+            ev.at[i, "verdict"] = CANNOT_DECIDE
+            ev.at[i, "detectable_effect"] = math.nan
+            ev.at[i, "note"] = f"{ev.at[i, 'note']}; {why}".lstrip("; ")
+    tested = (~published) & (ev["design"] != "") & (ev["verdict"] == "") & ev["p_value"].notna()
+    ev.loc[tested, "p_holm"] = holm(ev.loc[tested, "p_value"].to_numpy(float))
+    for i in ev.index[(~published) & (ev["verdict"] == "")]:
+        test = row_test(ev.loc[i])
+        margin = ev.at[i, "margin"] if pd.notna(ev.at[i, "margin"]) else None
+        p = ev.at[i, "p_holm"] if pd.notna(ev.at[i, "p_holm"]) else None
+        ev.at[i, "verdict"] = decide(test, ev.at[i, "expect"], p, margin)
+        if test is not None and pd.notna(ev.at[i, "p_value"]) and ev.at[i, "p_value"] < 0.05 and \
+                not (p is not None and p < 0.05):
+            ev.at[i, "note"] = f"{ev.at[i, 'note']}; beyond noise before Holm's correction (p = " \
+                               f"{ev.at[i, 'p_value']:.2g}), not after (p = {p:.2g})".lstrip("; ")
+    return ev
 
 
 class RunEvidence:
-    """A run's results, read once, and the measurement of each claim part on a pair of its arms."""
+    """A run's results, read once, and the measurement of each claim part on a pair of its arms. `n_boot` 0
+    skips the intervals (the per-seed measurements of a multi-seed run need only the change)."""
 
     def __init__(self, run: str, n_boot: int = 2000, seed: int = 0):
         self.run, self.folder, self.n_boot, self.seed = run, run_dir(run), n_boot, seed
@@ -272,23 +286,26 @@ class RunEvidence:
 
     def win_rate(self, claim: str, stage: str, pair: tuple, expect: str = "higher", part: str = "win rate") -> dict:
         if None in pair:
-            return unmeasured(claim, part, stage, pair, f"no such pair of arms in stage {stage!r}")
+            return unmeasured(claim, part, stage, pair, f"no such pair of arms in stage {stage!r}", expect)
         values = [self._wins(stage, a) for a in pair]
         if any(v is None for v in values) or len(values[0]) != len(values[1]):
             return unmeasured(claim, part, stage, pair,
-                              "no per-prompt judgments (eval/<stage>-<arm>/annotations.json) for these arms")
+                              "no per-prompt judgments (eval/<stage>-<arm>/annotations.json) for these arms", expect)
         w = paired_win_rates(values[0], values[1], self.n_boot, self.seed)
-        return evidence_row(claim, part, stage, pair, difference_verdict(w["low"], w["high"], expect),
+        return evidence_row(claim, part, stage, pair, expect,
                             f"judge: {self.info['judge']}; {w['n']} prompts judged for both arms"
-                            + self._clipped(stage, pair), basis=WIN_BASIS,
-                            **{k: w[k] for k in ("baseline", "treatment", "difference", "low", "high")})
+                            + self._clipped(stage, pair), test=interval_test(w["difference"], w["low"], w["high"],
+                                                                             w["n"]),
+                            basis=WIN_BASIS, n_items=w["n"],
+                            **{k: w[k] for k in ("baseline", "treatment", "decided_baseline", "decided_treatment")})
 
-    def _paired(self, claim, part, stage, pair, stat_b, stat_t, n, verdict_of, n_boot=None) -> dict:
-        point, low, high = paired_bootstrap(lambda i: stat_t(i) - stat_b(i), n, n_boot or self.n_boot, self.seed)
+    def _paired(self, claim, part, stage, pair, stat_b, stat_t, n, expect, margin=math.nan, n_boot=None) -> dict:
+        point, low, high = paired_interval(lambda i: stat_t(i) - stat_b(i), n,
+                                           self.n_boot if n_boot is None else min(n_boot, self.n_boot), self.seed)
         everything = np.arange(n)
-        return evidence_row(claim, part, stage, pair, verdict_of(low, high), f"{n} paired items",
-                            basis=PAIRED_BASIS, baseline=stat_b(everything), treatment=stat_t(everything),
-                            difference=point, low=low, high=high, n_items=n)
+        return evidence_row(claim, part, stage, pair, expect, f"{n} paired items",
+                            test=interval_test(point, low, high, n), margin=margin, basis=PAIRED_BASIS,
+                            baseline=stat_b(everything), treatment=stat_t(everything), n_items=n)
 
     def length(self, claim: str, stage: str, pair: tuple) -> dict:
         texts = [self._texts(stage, a) for a in pair] if None not in pair else [None]
@@ -296,7 +313,7 @@ class RunEvidence:
             return unmeasured(claim, "answer length (characters)", stage, pair, "no matching model_outputs.json")
         lb, lt = (np.array([len(x) for x in t], dtype=float) for t in texts)
         return self._paired(claim, "answer length (characters)", stage, pair, lambda i: lb[i].mean(),
-                            lambda i: lt[i].mean(), len(lb), lambda lo, hi: difference_verdict(lo, hi, "higher"))
+                            lambda i: lt[i].mean(), len(lb), "higher")
 
     def diversity(self, claim: str, stage: str, pair: tuple) -> dict:
         """Log-diversity on the paper's scale (Table 4): the released per-answer code, averaged over the answers
@@ -305,16 +322,14 @@ class RunEvidence:
         part = f"{DIVERSITY_PART} (answers cut at {cutoff} words)"
         texts = [self._texts(stage, a) for a in pair] if None not in pair else [None]
         if any(t is None for t in texts) or len(texts[0]) != len(texts[1]):
-            return unmeasured(claim, part, stage, pair, "no matching model_outputs.json")
+            return unmeasured(claim, part, stage, pair, "no matching model_outputs.json", "unchanged")
         vb, vt = (release_values(t, cutoff) for t in texts)
         if np.isnan(vb).all() or np.isnan(vt).all():
-            return unmeasured(claim, part, stage, pair, f"no answer of an arm reaches {cutoff} words")
+            return unmeasured(claim, part, stage, pair, f"no answer of an arm reaches {cutoff} words", "unchanged")
         margin = DIVERSITY_MARGIN * abs(float(np.nanmean(vb)))
         row = self._paired(claim, part, stage, pair, lambda i: _nanmean(vb[i]), lambda i: _nanmean(vt[i]), len(vb),
-                           lambda lo, hi: flat_verdict(lo, hi, margin))
+                           "unchanged", margin)
         row["note"] += f"; 'unchanged' means within +-{margin:.3g} ({DIVERSITY_MARGIN:.0%} of the baseline)"
-        if row["verdict"] == NOT_HELD:
-            row["note"] += "; diversity " + ("rose, less repetition" if row["difference"] > 0 else "fell")
         cb, ct = (ngram_counts(t, cutoff) for t in texts)
         row["note"] += (f"; {FORMULA_PART} (not the paper's scale): {log_diversity_of(cb):.3g} -> "
                         f"{log_diversity_of(ct):.3g}")
@@ -322,35 +337,34 @@ class RunEvidence:
 
     def loss(self, claim: str, stage: str, pair: tuple, subset: str, expect: str, part: str) -> dict:
         if self.losses is None or None in pair:
-            return unmeasured(claim, part, stage, pair, "no analysis/example_losses.csv: rerun stage 05")
+            return unmeasured(claim, part, stage, pair, "no analysis/example_losses.csv: rerun stage 05", expect)
         mine = self.losses[(self.losses["stage"] == stage) & (self.losses["set"] == subset)]
         pick = [mine[mine["arm"] == a] for a in pair]
         both = pick[0].merge(pick[1], on="example", suffixes=("_b", "_t"))
         if both.empty:
-            return unmeasured(claim, part, stage, pair, f"no per-example losses on the {subset!r} set")
+            return unmeasured(claim, part, stage, pair, f"no per-example losses on the {subset!r} set", expect)
         tokens = both["tokens_b"].to_numpy(float)
         nb, nt = ((both[f"loss_{s}"].fillna(0) * both[f"tokens_{s}"]).to_numpy(float) for s in ("b", "t"))
+        # token-weighted, as the arm's own loss: the resampled statistic is the verdict's statistic
         return self._paired(claim, part, stage, pair, lambda i: nb[i].sum() / tokens[i].sum(),
-                            lambda i: nt[i].sum() / tokens[i].sum(), len(both),
-                            lambda lo, hi: difference_verdict(lo, hi, expect))
+                            lambda i: nt[i].sum() / tokens[i].sum(), len(both), expect)
 
     def overlap(self, claim: str, stage: str, pair: tuple, metric: str) -> dict:
         part = f"{metric} of answers to training prompts vs training responses"
         texts = [self._texts(stage, a, "train_prompt_outputs") for a in pair] if None not in pair else [None]
         refs = _json(self.folder / "data" / "train_rows.json")
         if any(t is None for t in texts) or refs is None or len(texts[0]) != len(texts[1]):
-            return unmeasured(claim, part, stage, pair, "no train_prompt_outputs.json for these arms")
+            return unmeasured(claim, part, stage, pair, "no train_prompt_outputs.json for these arms", "lower")
         refs = [r["output"] for r in refs[: len(texts[0])]]
         if metric == "BLEU":
             stat_b, stat_t = ((lambda i, t=t: bleu([t[k] for k in i], [refs[k] for k in i])) for t in texts)
-            n_boot = min(self.n_boot, 500)  # corpus BLEU per resample is the slow part
+            n_boot = 500  # corpus BLEU per resample is the slow part
         else:
             from rouge_score import rouge_scorer
             scorer = rouge_scorer.RougeScorer(["rougeL"])
             sb, st = (np.array([100 * scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(t, refs)]) for t in texts)
             stat_b, stat_t, n_boot = (lambda i: sb[i].mean()), (lambda i: st[i].mean()), None
-        return self._paired(claim, part, stage, pair, stat_b, stat_t, len(refs),
-                            lambda lo, hi: difference_verdict(lo, hi, "lower"), n_boot)
+        return self._paired(claim, part, stage, pair, stat_b, stat_t, len(refs), "lower", n_boot=n_boot)
 
     def openllm(self, claim: str, stage: str, pair: tuple) -> list[dict]:
         """eval/openllm.csv as openllm_table writes it: rows (stage, arm, task, value, stderr), fractions 0..1,
@@ -358,7 +372,7 @@ class RunEvidence:
         table = read_table(self.folder / "eval" / "openllm.csv")
         if table is None or None in pair:
             return [unmeasured(claim, "OpenLLM accuracy", stage, pair,
-                               "no OpenLLM results (eval/openllm.csv) in this run")]
+                               "no OpenLLM results (eval/openllm.csv) in this run", "unchanged")]
         parts = []
         for task, rows in table[table["stage"] == stage].groupby("task"):
             b, t = (rows[rows["arm"] == a] for a in pair)
@@ -368,11 +382,14 @@ class RunEvidence:
             diff = acc_t - acc_b
             se = 100 * math.hypot(float(b.get("stderr", pd.Series([math.nan])).iloc[0]),
                                   float(t.get("stderr", pd.Series([math.nan])).iloc[0]))
-            low, high = diff - 1.96 * se, diff + 1.96 * se
-            verdict = flat_verdict(low, high, OPENLLM_MARGIN)
-            parts.append(evidence_row(claim, f"{task} accuracy", stage, pair, verdict,
-                                      f"'flat' means within +-{OPENLLM_MARGIN} points",
-                                      basis="normal 95% interval from the two standard errors",
-                                      baseline=acc_b, treatment=acc_t,
-                                      difference=diff, low=low, high=high))
-        return parts or [unmeasured(claim, "OpenLLM accuracy", stage, pair, "no OpenLLM rows for these arms")]
+            # lm-eval's standard errors are normal theory over many documents: a large n for the t quantiles
+            test = interval_test(diff, diff - 1.96 * se, diff + 1.96 * se, UNKNOWN_ITEMS)
+            parts.append(evidence_row(claim, f"{task} accuracy", stage, pair, "unchanged",
+                                      f"'flat' means within +-{OPENLLM_MARGIN} points", test=test,
+                                      margin=OPENLLM_MARGIN, basis="normal 95% interval from the two standard errors",
+                                      baseline=acc_b, treatment=acc_t))
+        return parts or [unmeasured(claim, "OpenLLM accuracy", stage, pair, "no OpenLLM rows for these arms",
+                                    "unchanged")]
+
+
+UNKNOWN_ITEMS = 1000  # an interval with no item count (OpenLLM's normal interval): normal theory

@@ -18,6 +18,7 @@ from neftlib.analysis.paper_rows import T4, T6
 from neftlib.analysis.plots import (NAMES, PAPER_COLOR, PUBLISHED_COLOR, UNITS, figure_legend, grouped_bars, headline,
                                     label, new_figure)
 from neftlib.analysis.sweep import METRICS
+from neftlib.analysis.verdict import seeds_test
 
 OURS_COLOR, OURS_QLORA_COLOR = "#1f77b4", "#2ca02c"
 PAPER_MODEL = "LLaMA-2-7B"
@@ -114,7 +115,7 @@ def draw_lengths(ours: pd.DataFrame, published: pd.DataFrame | None, about: dict
     return fig
 
 
-def _paper_sweep_note(metric: str) -> str:
+def paper_sweep_note(metric: str) -> str:
     """The paper's change from no noise for a metric of the sweep, in words, or why there is none."""
     if metric in T6_ALPACA:
         column = T6_ALPACA[metric]
@@ -130,16 +131,17 @@ def _paper_sweep_note(metric: str) -> str:
 
 
 def draw_alpha_sweep(metrics: pd.DataFrame, about: str, judge: str = "") -> Figure | None:
-    """Each metric's change from the alpha-0 arm of the same training seed, against alpha: seeds as points,
-    their mean as a line, the spread between the alpha-0 seeds as a grey band (a change counts only outside
-    it), and the paper's change under each panel. `metrics`: arm_metrics.csv (one row per arm)."""
+    """Each metric's change from the alpha-0 arm of the same training seed, against alpha: seeds as points, their
+    mean as a line, and the 95% t interval of the per-seed paired changes as a bar (the interval the verdict reads,
+    neftlib.analysis.verdict.seeds_test); the paper's change under each panel. `metrics`: arm_metrics.csv (one row
+    per arm). None with fewer than two training seeds: one seed has no interval to draw (the claims table has it)."""
     frame = metrics[metrics["distribution"] == "uniform"]
     panels = [m for m in SWEEP_PANELS if m in frame and frame[m].notna().any()]
-    if frame.empty or not panels:
+    seeds = sorted(frame["seed"].dropna().unique()) if "seed" in frame else []
+    if frame.empty or not panels or len(seeds) < 2:
         return None
     cols = min(3, len(panels))
     fig, axes = new_figure(cols, math.ceil(len(panels) / cols), width=4.4, height=3.4)
-    seeds = sorted(frame["seed"].dropna().unique())
     for ax, metric in zip(axes, panels):
         for i, (stage, part) in enumerate(frame.groupby("stage", sort=False)):
             base = part[part["alpha"] == 0].drop_duplicates("seed").set_index("seed")[metric]
@@ -150,11 +152,12 @@ def draw_alpha_sweep(metrics: pd.DataFrame, about: str, judge: str = "") -> Figu
                        label=f"{stage} stage: one training seed")
             mean = noised.groupby("alpha")["change"].mean()
             ax.plot(mean.index, mean.to_numpy(), color=color, marker="o", lw=1.5, zorder=4,
-                    label=f"{stage} stage: mean over seeds")
-            spread = float(base.max() - base.min()) if len(base) > 1 else math.nan
-            if np.isfinite(spread):
-                ax.axhspan(-spread, spread, color="grey", alpha=0.2, lw=0, zorder=1,
-                           label="spread between the alpha-0 seeds (a change counts only outside it)")
+                    label=f"{stage} stage: mean of the per-seed changes")
+            for alpha, changes in noised[noised["alpha"] > 0].groupby("alpha")["change"]:
+                if len(changes) >= 2:
+                    test = seeds_test(changes.tolist())
+                    ax.vlines(alpha, test.low, test.high, color=color, lw=5, alpha=0.3, zorder=2,
+                              label="95% interval of the change (t over the seeds' paired changes)")
         ax.axhline(0, color="k", lw=0.6)
         ax.set_xticks(sorted(frame["alpha"].unique()))
         direction = {1: "up", -1: "down", 0: "unchanged"}[METRICS[metric]]
@@ -162,13 +165,12 @@ def draw_alpha_sweep(metrics: pd.DataFrame, about: str, judge: str = "") -> Figu
         title = NAMES[metric] + (f", judge {judge}" if metric == "win_rate" and judge else "")
         ax.set_title(f"{title}\n(paper: {direction})", fontsize=9)
         ax.set(ylabel=f"change from alpha 0{unit}")
-        ax.set_xlabel("alpha (noise scale)\n" + textwrap.fill(_paper_sweep_note(metric), 60), fontsize=8)
+        ax.set_xlabel("alpha (noise scale)\n" + textwrap.fill(paper_sweep_note(metric), 60), fontsize=8)
     for ax in axes[len(panels):]:  # a grid cell with no panel is left out, not drawn empty
         fig.delaxes(ax)
     figure_legend(fig, ncols=3)
     headline(fig, "NEFTune alpha sweep: each metric's change from the same training seed's alpha-0 arm",
-             f"{about}; {len(seeds)} training seed(s)"
-             + ("" if len(seeds) > 1 else ": no seed spread to judge a change against"))
+             f"{about}; {len(seeds)} training seeds, paired per seed")
     return fig
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +18,7 @@ from matplotlib.figure import Figure
 
 from neftlib.analysis.draw import draw_alpha_sweep, draw_lengths, draw_win_rates
 from neftlib.analysis.plots import save
+from neftlib.analysis.results_block import STUDY, readme_text, study_summary
 from neftlib.base.paths import PROJ_ROOT
 
 EVIDENCE = PROJ_ROOT / "docs" / "evidence"
@@ -82,15 +84,35 @@ def figures(evidence: Path = EVIDENCE) -> dict[str, Figure]:
     return made
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m neftlib.analysis.evidence",
-                                     description="redraw the README's figures from the committed evidence")
+                                     description="the README's figures and results block, from the committed evidence")
+    parser.add_argument("what", nargs="?", choices=("figures", "readme"), default="figures",
+                        help="figures: redraw docs/figures/ (make readme-figures); readme: rewrite README.md's results "
+                        "block and the study summary (make readme-results)")
     parser.add_argument("--evidence", type=Path, default=EVIDENCE, help="folder of evidence snapshots")
     parser.add_argument("--out", type=Path, default=OUT, help="where the PNGs go")
+    parser.add_argument("--readme", type=Path, default=PROJ_ROOT / "README.md", help="the README to rewrite")
+    parser.add_argument("--check", action="store_true", help="readme: change nothing, exit 1 when a file differs")
     args = parser.parse_args(argv)
-    for name, fig in figures(args.evidence).items():
-        print(save(fig, args.out / f"{name}.png"))
+    if args.what == "figures":
+        for name, fig in figures(args.evidence).items():
+            print(save(fig, args.out / f"{name}.png"))
+        return 0
+    targets = {args.readme: readme_text(args.readme.read_text(encoding="utf-8"), args.evidence),
+               args.evidence / STUDY / "summary.md": study_summary(args.evidence)}
+    stale = [path for path, text in targets.items() if not path.exists() or path.read_text(encoding="utf-8") != text]
+    if args.check:
+        for path in stale:
+            print(f"{path} differs from what `make readme-results` writes", file=sys.stderr)
+        return 1 if stale else 0
+    for path in stale:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(targets[path], encoding="utf-8")
+        tmp.replace(path)
+        print(f"rewrote {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from rouge_score import rouge_scorer
 
 from neftlib.analysis.claims import pick_roles, read_table, run_info
-from neftlib.analysis.pairwise import paired_bootstrap
+from neftlib.analysis.verdict import paired_interval
 from neftlib.analysis.paper import cell
 from neftlib.analysis.paper_rows import T6
 from neftlib.analysis.plots import (PAPER_COLOR, figure_legend, grouped_bars, headline, interval_bars, label,
@@ -70,7 +70,7 @@ def rouge_bleu(run: str, n_boot: int = 500) -> Figure:
         for metric, stat, boots in (("rouge_l", lambda i: per[i].mean(), n_boot),
                                     ("bleu", lambda i: bleu([answers[k] for k in i], [truth[k] for k in i]),
                                      min(n_boot, 300))):
-            value, low, high = paired_bootstrap(stat, len(answers), boots)
+            value, low, high = paired_interval(stat, len(answers), boots)
             rows.append({"stage_name": arm.stage_name, "label": arm.label, "metric": metric, "value": value,
                          "low": low, "high": high, "n": len(answers)})
     frame = pd.DataFrame(rows)
@@ -136,7 +136,7 @@ def gaussian_ablation(run: str, n_boot: int = 2000) -> Figure:
         chars = np.array([len(o["output"]) for o in read_json(
             run_dir(run) / "eval" / f"train-{arm}" / "model_outputs.json")], dtype=float)
         n_prompts = len(chars)
-        length.append((name, *paired_bootstrap(lambda i: chars[i].mean(), len(chars), n_boot)))
+        length.append((name, *paired_interval(lambda i: chars[i].mean(), len(chars), n_boot)))
         win = wins[(wins["stage"] == "train") & (wins["arm"] == arm)].iloc[0]
         if "win_rate" in win and pd.notna(win["win_rate"]):
             rate.append((name, win["win_rate"], win["ci_low"], win["ci_high"]))

@@ -11,9 +11,10 @@ import math
 import numpy as np
 import pandas as pd
 
-from neftlib.analysis.claims import (HELD, NOISE, NOT_HELD, NOT_MEASURED, arm_table, combine, difference_verdict,
-                                     log_diversity_of, ngram_counts, pick_roles, read_table, run_info)
-from neftlib.analysis.pairwise import paired_bootstrap, paired_win_rates
+from neftlib.analysis.claims import arm_table, log_diversity_of, ngram_counts, pick_roles, read_table, run_info
+from neftlib.analysis.pairwise import paired_win_rates
+from neftlib.analysis.verdict import (CANNOT_DECIDE, NOT_MEASURED, NOT_TESTABLE, SHOWN, decide, interval_test,
+                                      judge_can_decide, paired_interval, word)
 from neftlib.base.io import read_json
 from neftlib.base.paths import run_dir
 from neftlib.base.profiles import LENGTH_ARMS
@@ -46,7 +47,7 @@ def _release(texts: list[str], cutoff: int) -> np.ndarray:
 
 
 def _paired(stat, base, treat, n: int, n_boot: int, seed: int) -> tuple[float, float, float]:
-    return paired_bootstrap(lambda i: stat(treat, i) - stat(base, i), n, n_boot, seed)
+    return paired_interval(lambda i: stat(treat, i) - stat(base, i), n, n_boot, seed)
 
 
 def length_only_table(run: str, cutoff: int, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
@@ -79,8 +80,12 @@ def length_only_table(run: str, cutoff: int, n_boot: int = 2000, seed: int = 0) 
     rows = []
     for key, label in labels.items():
         d = data[key]
-        row = {"run": run, "arm": key, "label": label, "cutoff": cutoff,
+        row = {"run": run, "arm": key, "label": label, "cutoff": cutoff, "n_prompts": n,
                "kind": {"baseline": "baseline", "neftune": "NEFTune"}.get(key, "length-only")}
+        lengths = folder / label / "model_outputs_lengths.json"
+        row["cap_share"] = read_json(lengths).get("cap_share", math.nan) if lengths.exists() else math.nan
+        row["decided_share"] = (float(np.mean(d["wins"][np.isfinite(d["wins"])] != 0.5))
+                                if d["wins"] is not None and np.isfinite(d["wins"]).any() else math.nan)
         everything = np.arange(n)
         for name, stat in stats.items():
             row[name] = stat(d, everything)
@@ -101,8 +106,9 @@ def length_only_table(run: str, cutoff: int, n_boot: int = 2000, seed: int = 0) 
 
 
 def beside_table5(table: pd.DataFrame, judge: str) -> tuple[pd.DataFrame, str]:
-    """Our length-only table beside the paper's Table 5, with per arm whether it reaches NEFTune's win rate,
-    and one line answering: does any length-only arm reach NEFTune's win rate at our scale?"""
+    """Our length-only table beside the paper's Table 5, with a verdict per length-only arm under the one rule, and
+    one line answering the paper's question: does asking for length recover NEFTune's gain? Not testable while
+    NEFTune shows no gain here, and not decided by a judge that cannot decide."""
     if table.empty:
         return table, "Length-only arms (Table 5): not run (the profile's length_arms is empty)."
     out = table.copy()
@@ -110,43 +116,54 @@ def beside_table5(table: pd.DataFrame, judge: str) -> tuple[pd.DataFrame, str]:
     out["paper_win_rate"] = [TABLE5.get(a, ("", math.nan, math.nan))[1] for a in out["arm"]]
     out["paper_avg_chars"] = [TABLE5.get(a, ("", math.nan, math.nan))[2] for a in out["arm"]]
     out["paper_setting"], out["our_judge"] = TABLE5_SETTING, judge
+    neft = out[out["kind"] == "NEFTune"]
+    can, why = judge_can_decide([s for s in out.get("decided_share", pd.Series(dtype=float)) if pd.notna(s)])
+    gain = NOT_MEASURED
+    if len(neft) and pd.notna(neft["win_rate_vs_baseline"].iloc[0]):
+        r = neft.iloc[0]
+        gain = decide(interval_test(r["win_rate_vs_baseline"], r["win_rate_vs_baseline_low"],
+                                    r["win_rate_vs_baseline_high"], _items(r)), "higher")
     verdicts, lines = [], []
     for r in out.itertuples():
         if r.kind != "length-only":
             verdicts.append("")
             continue
-        # the paper's claim for this arm: its win rate stays below NEFTune's
-        verdict = difference_verdict(r.win_rate_vs_neftune_low, r.win_rate_vs_neftune_high, "lower")
+        if pd.isna(r.win_rate_vs_neftune):
+            verdict = NOT_MEASURED
+        elif not can:
+            verdict = CANNOT_DECIDE
+        elif word(gain) != SHOWN:
+            verdict = f"{NOT_TESTABLE}: NEFTune shows no gain here to explain"
+        else:  # the paper's claim for this arm: its win rate stays below NEFTune's
+            verdict = decide(interval_test(r.win_rate_vs_neftune, r.win_rate_vs_neftune_low,
+                                           r.win_rate_vs_neftune_high, _items(r._asdict())), "lower")
         verdicts.append(verdict)
-        where = {HELD: "below NEFTune", NOT_HELD: "above NEFTune", NOISE: "not told apart from NEFTune",
-                 NOT_MEASURED: "not judged"}[verdict]
-        if verdict != NOT_MEASURED:
-            where += (f" ({r.win_rate_vs_neftune:+.3g} points, 95% CI [{r.win_rate_vs_neftune_low:.3g}, "
-                      f"{r.win_rate_vs_neftune_high:.3g}])")
-        lines.append(f"{r.arm}: {r.avg_chars:.0f} characters ({r.avg_chars_vs_baseline:+.0f} vs the baseline), "
-                     f"{where}")
-    out["reaches_neftune"] = [{HELD: "no", NOT_HELD: "yes, above", NOISE: "cannot tell"}.get(v, "") for v in verdicts]
+        cap = f", {r.cap_share:.0%} at the cap" if pd.notna(getattr(r, "cap_share", math.nan)) else ""
+        lines.append(f"{r.arm}: {r.avg_chars:.0f} characters ({r.avg_chars_vs_baseline:+.0f} vs the baseline{cap}), "
+                     f"win rate {r.win_rate_vs_neftune:+.3g} points vs NEFTune: {verdict}")
     out["verdict"] = verdicts
-    length = [v for v, k in zip(verdicts, out["kind"]) if k == "length-only"]
-    above = [a for a, v in zip(out["arm"], verdicts) if v == NOT_HELD]
-    unclear = [a for a, v in zip(out["arm"], verdicts) if v == NOISE]
-    if combine(length) == NOT_MEASURED:
-        answer = "not measured here (no judge, or no NEFTune arm)"
-    elif above:
-        answer = f"yes: {', '.join(above)} above NEFTune beyond noise"
-    elif unclear:
-        answer = f"cannot rule it out: {', '.join(unclear)} not below NEFTune beyond noise"
+    if not can:
+        answer = f"{CANNOT_DECIDE} ({why})"
+    elif word(gain) != SHOWN:
+        answer = f"{NOT_TESTABLE}: NEFTune's own win-rate change here is '{gain}', so there is no gain to recover"
     else:
-        answer = "no: every length-only arm's win rate is below NEFTune's beyond noise"
-    neft = out[out["kind"] == "NEFTune"]
+        answer = "; ".join(f"{a}: {v}" for a, v, k in zip(out["arm"], verdicts, out["kind"]) if k == "length-only")
     if len(neft) and pd.notna(neft["win_rate_vs_baseline"].iloc[0]):
         r = neft.iloc[0]
-        lines.insert(0, f"NEFTune vs the baseline: {r['win_rate_vs_baseline']:+.3g} points (95% CI "
-                        f"[{r['win_rate_vs_baseline_low']:.3g}, {r['win_rate_vs_baseline_high']:.3g}])")
-    text = (f"**Length is (not) all you need (paper: {TABLE5_SETTING}; none of its length-only arms comes close "
-            f"to NEFTune's 61.99).** Does any length-only arm reach NEFTune's win rate at our scale? {answer} "
-            f"(judge: {judge}; paired 95% intervals over the prompts). " + "; ".join(lines) + ".")
+        lines.insert(0, f"NEFTune vs the baseline: {r['avg_chars_vs_baseline']:+.0f} characters, win rate "
+                        f"{r['win_rate_vs_baseline']:+.3g} points (95% CI [{r['win_rate_vs_baseline_low']:.3g}, "
+                        f"{r['win_rate_vs_baseline_high']:.3g}])")
+    text = (f"**Length alone and the gain (paper: {TABLE5_SETTING}).** In the paper NEFTune's answers (1,058 "
+            "characters) are longer than every prompting arm's (495-621) and win far more (62.0 against 42.1-48.0); "
+            "only blocking the end of sequence for 250 tokens makes longer answers (1,111 characters), which win "
+            f"38.6. Here: {answer} (judge: {judge}; paired 95% intervals over the prompts). " + "; ".join(lines) + ".")
     return out, text
+
+
+def _items(row) -> int:
+    """The prompts a length-table row's intervals were computed over (0, i.e. not measured, for old tables)."""
+    n = row.get("n_prompts", math.nan)
+    return int(n) if pd.notna(n) else 0
 
 
 def length_only_report(run: str) -> tuple[pd.DataFrame, str]:

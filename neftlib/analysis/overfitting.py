@@ -10,7 +10,7 @@ import torch
 
 from neftlib.analysis.claims import log_diversity_of, ngram_counts, release_values
 from neftlib.analysis.length_table import length_only_table
-from neftlib.analysis.pairwise import paired_bootstrap
+from neftlib.analysis.verdict import paired_interval
 from neftlib.analysis.run_variance import run_components
 from neftlib.base.config import RunConfig, stage_config
 from neftlib.base.io import is_done, mark_done, read_json, write_csv
@@ -99,12 +99,12 @@ def published_table(run: str, seed: int = 0) -> pd.DataFrame:
         # Bootstrap 95% intervals over the answers, for the report's verdicts on the published pairs.
         texts = load_model_outputs(folder / "model_outputs.json")[1]
         chars, counts = np.array([len(t) for t in texts], dtype=float), ngram_counts(texts, spec["cutoff"])
-        _, row["avg_chars_low"], row["avg_chars_high"] = paired_bootstrap(lambda i: chars[i].mean(), len(texts),
+        _, row["avg_chars_low"], row["avg_chars_high"] = paired_interval(lambda i: chars[i].mean(), len(texts),
                                                                           seed=seed)
-        _, row["log_diversity_low"], row["log_diversity_high"] = paired_bootstrap(
+        _, row["log_diversity_low"], row["log_diversity_high"] = paired_interval(
             lambda i: log_diversity_of(counts[i]), len(texts), seed=seed)
         release = release_values(texts, spec["cutoff"])  # the paper's Table 4 scale
-        _, row["log_diversity_release_low"], row["log_diversity_release_high"] = paired_bootstrap(
+        _, row["log_diversity_release_low"], row["log_diversity_release_high"] = paired_interval(
             lambda i: np.nanmean(release[i]) if np.isfinite(release[i]).any() else np.nan, len(texts), seed=seed)
         annotations = folder / "annotations_alpaca_eval_gpt4.json"
         if annotations.exists():

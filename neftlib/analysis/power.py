@@ -1,4 +1,5 @@
-"""Statistical power: the smallest effect a design detects, and the variance components it is computed from.
+"""Statistical power: the smallest effect a design detects, under the project's one verdict rule
+(docs/methodology.md, neftlib.analysis.verdict), and the variance components it is computed from.
 
 The model, for one metric and one treatment arm against the baseline arm of the same training seed, when
 every seed answers the same n prompts (as every run here does):
@@ -11,21 +12,18 @@ every seed answers the same n prompts (as every run here does):
               of the other arm; variance 2 sd_seed^2
     eps[s, p] per-prompt noise that changes with the seed; variance sd_residual^2
 
-The estimate of delta is the mean of d over k seeds and n prompts:
+The rule's tests, and so their detectable effects (`design`):
 
-    Var(estimate) = sd_prompt^2 / n + 2 sd_seed^2 / k + sd_residual^2 / (n k).
+- k >= 2 seeds: the t test of the k per-seed changes, each the mean of d[s, .] over the same n prompts. Their
+  variance is 2 sd_seed^2 + sd_residual^2 / n (the prompts' own share, iota, is the same for every seed: the
+  test speaks for these prompts), the estimate's is that over k, with k - 1 degrees of freedom.
+- one seed: the paired change over n prompts, variance (sd_prompt^2 + sd_residual^2) / n, plus 2 sd_seed^2 that
+  a single seed cannot estimate. With sd_seed > 0 the design cannot tell the noise's effect from the seed's:
+  its detectable effect is infinite, and what a one-seed run reports is `one_seed_lower_bound`, the seed's
+  share left out.
 
-(With fresh prompts for every seed, sd_prompt = 0 and this is 2 (sd_seed^2 + sd_arm^2 / n) / k for
-independent per-arm noise sd_arm^2 = sd_residual^2 / 2.) A run of one seed sees only sd_prompt^2 +
-sd_residual^2, the variance of the per-prompt paired difference; putting all of it in sd_prompt is the
-cautious choice (more seeds then do not average it away).
-
-The test, two-sided at 95% confidence, divides the estimate by a standard error that holds every component,
-estimated from the two-way (seeds x prompts) mean squares: with k >= 2 seeds its degrees of freedom are
-Satterthwaite's (k - 1 when the seed dominates, n - 1 when the prompts do); with one seed the seed's share
-cannot be estimated and is taken as known (n - 1 degrees of freedom). The power at a change delta is then the
-noncentral t's (scipy.stats.nct; exact when one component dominates), and the minimum detectable effect
-(MDE) is the smallest delta detected with 80% power.
+So more seeds never detect less. The power at a change delta is the noncentral t's (scipy.stats.nct), and
+the minimum detectable effect (MDE) is the smallest delta detected with 80% power, two-sided at 95%.
 """
 from __future__ import annotations
 
@@ -47,30 +45,29 @@ class Design:
     df: float
 
 
-def mean_squares(n: int, k: int, sd_prompt: float, sd_seed: float, sd_residual: float) -> dict[str, float]:
-    """Expected two-way mean squares of d (seeds x prompts), divided by n k: what the estimate's variance is
-    built from, Var = items + seeds - residual."""
-    return {"items": (k * sd_prompt**2 + sd_residual**2) / (n * k),
-            "seeds": (2 * n * sd_seed**2 + sd_residual**2) / (n * k), "residual": sd_residual**2 / (n * k)}
-
-
 def design(n_prompts: int, n_seeds: int, sd_prompt: float, sd_seed: float, sd_residual: float = 0.0) -> Design:
-    """The estimate's variance (module docstring) for n prompts and k seeds per arm, and its degrees of freedom."""
+    """The tested change's variance and degrees of freedom for n prompts and k seeds per arm (module docstring);
+    one seed with a seed share gets 0 degrees of freedom (nothing detectable)."""
     if n_prompts < 2 or n_seeds < 1:
         raise ValueError(f"a design needs at least 2 prompts and 1 seed, got {n_prompts} prompts, {n_seeds} seeds")
     if min(sd_prompt, sd_seed, sd_residual) < 0 or not all(map(math.isfinite, (sd_prompt, sd_seed, sd_residual))):
         raise ValueError(f"standard deviations must be finite and >= 0, got {sd_prompt}, {sd_seed}, {sd_residual}")
     n, k = n_prompts, n_seeds
-    variance = sd_prompt**2 / n + 2 * sd_seed**2 / k + sd_residual**2 / (n * k)
     if k == 1:
-        return Design(variance, n - 1)
-    ms = mean_squares(n, k, sd_prompt, sd_seed, sd_residual)
-    spread = ms["items"] ** 2 / (n - 1) + ms["seeds"] ** 2 / (k - 1) + ms["residual"] ** 2 / ((n - 1) * (k - 1))
-    return Design(variance, variance**2 / spread if spread > 0 else n - 1)
+        bound = one_seed_lower_bound(n, sd_prompt, sd_residual)
+        return Design(bound.variance + 2 * sd_seed**2, bound.df if sd_seed == 0 else 0.0)
+    return Design((2 * sd_seed**2 + sd_residual**2 / n) / k, k - 1)
+
+
+def one_seed_lower_bound(n_prompts: int, sd_prompt: float, sd_residual: float = 0.0) -> Design:
+    """What a one-seed run's paired test over n prompts sees, the seed's share left out: a lower bound."""
+    return Design((sd_prompt**2 + sd_residual**2) / n_prompts, n_prompts - 1)
 
 
 def power_of(effect: float, d: Design, alpha: float = ALPHA) -> float:
     """Probability that the two-sided t test at level alpha rejects 'no change' when the change is `effect`."""
+    if d.df <= 0:
+        return alpha  # no degrees of freedom: the test cannot reject more often than by chance
     if d.variance <= 0:
         return 1.0 if effect != 0 else alpha
     crit, shift = stats.t.ppf(1 - alpha / 2, d.df), effect / math.sqrt(d.variance)
@@ -86,7 +83,10 @@ def power_of(effect: float, d: Design, alpha: float = ALPHA) -> float:
 
 
 def detectable_effect(d: Design, alpha: float = ALPHA, power: float = POWER) -> float:
-    """The smallest change the design's test detects with `power` at level `alpha`, in the metric's units."""
+    """The smallest change the design's test detects with `power` at level `alpha`, in the metric's units
+    (infinite with no degrees of freedom)."""
+    if d.df <= 0:
+        return math.inf
     if d.variance <= 0:
         return 0.0
     high = math.sqrt(d.variance)
@@ -100,29 +100,6 @@ def minimum_detectable_effect(n_prompts: int, n_seeds: int, sd_prompt: float, sd
     """The smallest change of a metric that n prompts and k seeds per arm detect at two-sided level alpha
     (95% confidence) with 80% power, from the variance components of the module docstring."""
     return detectable_effect(design(n_prompts, n_seeds, sd_prompt, sd_seed, sd_residual), alpha, power)
-
-
-def interval_detectable_effect(low: float, high: float, n_items: int, seed_variance: float = 0.0,
-                               level: float = 0.95, power: float = POWER) -> float:
-    """The MDE of a one-seed comparison read from its paired 95% interval over n items: the interval's width
-    gives the prompts' share of the variance; `seed_variance` (2 sd_seed^2, what the training seed alone adds
-    to a difference between two arms) is added as known. NaN without an interval."""
-    if not (math.isfinite(low) and math.isfinite(high)) or n_items < 2:
-        return math.nan
-    se = (high - low) / (2 * stats.norm.ppf(0.5 + level / 2))
-    return detectable_effect(Design(se**2 + seed_variance, n_items - 1), 1 - level, power)
-
-
-def overlap_detectable_effect(base: tuple[float, float], treat: tuple[float, float], seed_variance: float = 0.0,
-                              level: float = 0.95, power: float = POWER) -> float:
-    """The MDE of the 'two independent intervals do not overlap' rule: the change must exceed
-    z * (se_base + se_treat), and the estimate spreads by sqrt(se_base^2 + se_treat^2 + seed_variance)
-    (normal theory; the far tail, a change the wrong way past the threshold, is left out)."""
-    if not all(math.isfinite(v) for v in (*base, *treat)):
-        return math.nan
-    z = stats.norm.ppf(0.5 + level / 2)
-    se_b, se_t = (base[1] - base[0]) / (2 * z), (treat[1] - treat[0]) / (2 * z)
-    return float(z * (se_b + se_t) + stats.norm.ppf(power) * math.sqrt(se_b**2 + se_t**2 + seed_variance))
 
 
 # ---------- variance components from per-prompt differences ----------

@@ -11,25 +11,25 @@ from __future__ import annotations
 
 import pandas as pd
 
-from neftlib.analysis.claims import (CLAIMS, DIVERSITY_MARGIN, DIVERSITY_PART, FORMULA_PART, NOISE, NOT_HELD,
-                                     NOT_MEASURED, WIN_BASIS, RunEvidence, combine, difference_verdict, evidence_row,
-                                     flat_verdict, interval_verdict, is_chat_model, pick_roles, read_table, unmeasured)
-from neftlib.analysis.detectable import add_detectable_effects, detectable_text
+from neftlib.analysis.claims import (CLAIMS, DIVERSITY_MARGIN, DIVERSITY_PART, FORMULA_PART, NOT_MEASURED, RELEASED,
+                                     SEEDS_BASIS, RunEvidence, evidence_row, finalize, is_chat_model, pick_roles,
+                                     read_table, unmeasured)
+from neftlib.analysis.detectable import detectable_text
 from neftlib.analysis.length_table import length_only_report
 from neftlib.analysis.pairwise import published_win_rates
 from neftlib.analysis.paper import PAPER, STATEMENTS
 from neftlib.analysis.paper_compare import headline, paper_vs_ours
 from neftlib.analysis.sweep import sweep_conclusion
+from neftlib.analysis.verdict import interval_test, seeds_test, word
 from neftlib.base.io import mark_done, write_csv
 from neftlib.base.paths import run_dir
 
 REPORT_TABLES = ("paper_vs_ours", "claims", "claim_evidence", "arms")
 
 
-def our_evidence(ev: RunEvidence, roles: dict[str, dict] | None = None) -> list[dict]:
-    """Every claim part measured on the run's arms. `roles`: {stage: {"baseline": arm, "neftune": arm,
-    "gaussian": arm}}; by default chosen from the arms' recorded noise (claims.pick_roles)."""
-    roles = roles or {stage: pick_roles(ev.arms, stage, ev.info["alpha"]) for stage in ("train", "qlora")}
+def measure_parts(ev: RunEvidence, roles: dict[str, dict]) -> list[dict]:
+    """Every claim part measured on one set of arms. `roles`: {stage: {"baseline": arm, "neftune": arm,
+    "gaussian": arm}}."""
     train, qlora = roles.get("train", {}), roles.get("qlora", {})
     neft = (train.get("baseline"), train.get("neftune"))
     parts = [ev.win_rate("win_rate_up", "train", neft),
@@ -50,6 +50,57 @@ def our_evidence(ev: RunEvidence, roles: dict[str, dict] | None = None) -> list[
     gauss = (train.get("neftune"), train.get("gaussian"))
     parts += [ev.length("gaussian", "train", gauss),
               ev.win_rate("gaussian", "train", gauss, expect="lower", part="win rate, Gaussian vs uniform")]
+    return parts
+
+
+def roles_by_seed(arms: pd.DataFrame, stage: str, alpha: float | None) -> dict[int, dict]:
+    """{training seed: roles} for every seed with a baseline and a NEFTune arm (a multi-seed run); empty
+    when the stage's arms record no seed or only one."""
+    rows = arms[arms["stage"] == stage]
+    if "seed" not in rows or rows["seed"].isna().all():
+        return {}
+    out = {}
+    for seed in sorted(rows["seed"].dropna().unique()):
+        roles = pick_roles(rows[rows["seed"] == seed], stage, alpha)
+        if roles["baseline"] and roles["neftune"]:
+            out[int(seed)] = roles
+    return out if len(out) >= 2 else {}
+
+
+def combine_seeds(per_seed: list[list[dict]]) -> list[dict]:
+    """One row per claim part from its per-seed rows: the t test of the per-seed changes (the seeds design)."""
+    rows = []
+    for parts in zip(*per_seed):
+        first = parts[0]
+        measured = [p for p in parts if p["verdict"] != NOT_MEASURED and pd.notna(p["difference"])]
+        if len(measured) < 2:
+            rows.append(first)
+            continue
+        test = seeds_test([p["difference"] for p in measured])
+        arms = ("; ".join(str(p["baseline_arm"]) for p in measured), "; ".join(str(p["treatment_arm"]) for p in measured))
+        extra = {k: float(pd.Series([p.get(k) for p in measured], dtype=float).min())
+                 for k in ("decided_baseline", "decided_treatment") if k in first}
+        rows.append(evidence_row(first["claim_id"], first["part"], first["stage"], arms, first["expect"],
+                                 f"{len(measured)} training seeds, {int(first['n_items'])} paired items each; "
+                                 "per-seed changes " + ", ".join(f"{p['difference']:+.4g}" for p in measured),
+                                 test=test, margin=first["margin"], basis=SEEDS_BASIS, n_items=first["n_items"],
+                                 baseline=float(pd.Series([p["baseline"] for p in measured]).mean()),
+                                 treatment=float(pd.Series([p["treatment"] for p in measured]).mean()), **extra))
+    return rows
+
+
+def our_evidence(ev: RunEvidence, roles: dict[str, dict] | None = None) -> list[dict]:
+    """Every claim part measured on the run's arms: with several training seeds per arm, the t test of the
+    per-seed changes; with one, the paired bootstrap over the prompts. `roles` (one seed's arms) overrides."""
+    seeds = {} if roles else roles_by_seed(ev.arms, "train", ev.info["alpha"])
+    if seeds:
+        quick = RunEvidence.__new__(RunEvidence)
+        quick.__dict__.update({**ev.__dict__, "n_boot": 0})  # per seed only the change is needed
+        qlora = pick_roles(ev.arms, "qlora", ev.info["alpha"])
+        parts = combine_seeds([measure_parts(quick, {"train": r, "qlora": qlora}) for r in seeds.values()])
+    else:
+        roles = roles or {stage: pick_roles(ev.arms, stage, ev.info["alpha"]) for stage in ("train", "qlora")}
+        parts = measure_parts(ev, roles)
     return [{"scope": "ours", **p} for p in parts]
 
 
@@ -58,13 +109,16 @@ def published_win_row(claim: str, pair: str, models: tuple, n_boot: int = 2000, 
     w = published_win_rates(models, n_boot, seed)
     if w is None:
         return unmeasured(claim, "GPT-4 win rate, published answers", pair, models, "published annotations not found")
-    return evidence_row(claim, "GPT-4 win rate, published answers", pair, models,
-                        difference_verdict(w["low"], w["high"]), f"{w['n']} prompts judged for both models",
-                        basis=WIN_BASIS, **{k: w[k] for k in ("baseline", "treatment", "difference", "low", "high")})
+    return evidence_row(claim, "GPT-4 win rate, published answers", pair, models, "higher",
+                        f"{w['n']} prompts judged for both models",
+                        test=interval_test(w["difference"], w["low"], w["high"], w["n"]), n_items=w["n"],
+                        basis="paired bootstrap 95% interval over the prompts judged for both models",
+                        **{k: w[k] for k in ("baseline", "treatment")})
 
 
 def published_evidence(run: str, n_boot: int = 2000, seed: int = 0) -> list[dict]:
-    """The same claims on the paper's published answers (analysis/published_diversity.csv), where they apply."""
+    """The paper's released answers measured the same way (analysis/published_diversity.csv): uncontrolled pairs,
+    shown with their intervals and no verdict word (`finalize` marks them)."""
     table = read_table(run_dir(run) / "analysis" / "published_diversity.csv")
     if table is None or "win_rate" not in table or not (table["status"] == "ok").all():
         why = "published answers not analysed" if table is None else str(table["status"].iloc[0])
@@ -76,44 +130,53 @@ def published_evidence(run: str, n_boot: int = 2000, seed: int = 0) -> list[dict
         models = (b["model"], t["model"])
         parts.append(published_win_row(claim, pair, models, n_boot, seed))
         parts.append(evidence_row("length_diversity", f"answer length (characters), {pair} pair", pair, models,
-                                  interval_verdict((b["avg_chars_low"], b["avg_chars_high"]),
-                                                   (t["avg_chars_low"], t["avg_chars_high"])),
+                                  "higher", "different answers of different models: each model's own interval",
                                   basis="each model's bootstrap 95% interval", baseline=b["avg_chars"],
                                   treatment=t["avg_chars"], difference=t["avg_chars"] - b["avg_chars"],
                                   baseline_low=b["avg_chars_low"], baseline_high=b["avg_chars_high"],
                                   treatment_low=t["avg_chars_low"], treatment_high=t["avg_chars_high"]))
-        # Different answers, not paired: the difference's interval is bounded by the two models' intervals.
         # Release-code log-diversity: the paper's Table 4 scale.
         col = "log_diversity_release" if "log_diversity_release_low" in table else "log_diversity"
-        low = t[f"{col}_low"] - b[f"{col}_high"]
-        high = t[f"{col}_high"] - b[f"{col}_low"]
-        margin = DIVERSITY_MARGIN * abs(b[col])
-        verdict, diff = flat_verdict(low, high, margin), t[col] - b[col]
-        moved = {NOT_HELD: "; diversity rose, less repetition" if diff > 0 else "; diversity fell"}.get(verdict, "")
         label = DIVERSITY_PART if col == "log_diversity_release" else FORMULA_PART
+        kept = {k: int(r["n_kept"]) for k, r in (("baseline", b), ("treatment", t))
+                if "n_kept" in r and pd.notna(r["n_kept"])}
+        reach = (f"; answers reaching {int(b['cutoff'])} words: {kept['baseline']} and {kept['treatment']}"
+                 if len(kept) == 2 else "")
         parts.append(evidence_row("length_diversity", f"{label} (cut at {int(b['cutoff'])} words), {pair} pair",
-                                  pair, models, verdict, f"'unchanged' means within +-{margin:.3g}{moved}",
-                                  basis="difference bounded by each model's bootstrap 95% interval (conservative)",
-                                  baseline=b[col], treatment=t[col], difference=diff, low=low, high=high))
+                                  pair, models, "unchanged", f"each model's own interval{reach}",
+                                  margin=DIVERSITY_MARGIN * abs(b[col]), basis="each model's bootstrap 95% interval",
+                                  baseline=b[col], treatment=t[col], difference=t[col] - b[col],
+                                  baseline_low=b[f"{col}_low"], baseline_high=b[f"{col}_high"],
+                                  treatment_low=t[f"{col}_low"], treatment_high=t[f"{col}_high"]))
     return [{"scope": "published", **p} for p in parts]
 
 
 def _describe(r: pd.Series) -> str:
+    """One evidence row in words: the two values, the change with its interval, and the verdict."""
     if r["verdict"] == NOT_MEASURED:
         return f"{r['part']}: not measured ({r['note']})"
     # a win rate from answers the judge saw clipped says so wherever it is shown
     clipped = f" ({str(r['note']).split('; ')[-1]})" if "clipped to fit" in str(r["note"]) else ""
+    verdict = "" if r["verdict"] == RELEASED else f": {r['verdict']}"
     if pd.notna(r["baseline_low"]):
         text = (f"{r['part']}: {r['baseline']:.4g} [{r['baseline_low']:.4g}, {r['baseline_high']:.4g}] -> "
-                f"{r['treatment']:.4g} [{r['treatment_low']:.4g}, {r['treatment_high']:.4g}]: {r['verdict']}")
+                f"{r['treatment']:.4g} [{r['treatment_low']:.4g}, {r['treatment_high']:.4g}]{verdict}")
     else:
         interval = f", 95% CI [{r['low']:.4g}, {r['high']:.4g}]" if pd.notna(r["low"]) else ""
-        moved = f" ({str(r['note']).split('; diversity ')[1].split(';')[0]})" if "; diversity " in str(r["note"]) else ""
+        seeds = f", {int(r['n_seeds'])} seeds" if r.get("design") == "seeds" else ""
         text = (f"{r['part']}: {r['baseline']:.4g} -> {r['treatment']:.4g} "
-                f"(difference {r['difference']:+.4g}{interval}): {r['verdict']}{moved}")
-    if r["verdict"] == NOISE and pd.notna(r.get("detectable_effect")):
-        text += f" ({detectable_text(r['detectable_effect'])})"
+                f"(difference {r['difference']:+.4g}{interval}{seeds}){verdict}")
     return text + clipped
+
+
+def combine(verdicts: list[str]) -> str:
+    """A claim's verdict from its parts': their word when they agree, else each part's word in order."""
+    measured = [v for v in verdicts if v != NOT_MEASURED]
+    if not measured:
+        return NOT_MEASURED
+    words = [word(v) for v in measured]
+    return measured[0] if len(set(words)) == 1 and len(set(measured)) == 1 else \
+        (words[0] if len(set(words)) == 1 else " / ".join(measured))
 
 
 def claims_table(evidence: pd.DataFrame, info: dict, paper: pd.DataFrame) -> pd.DataFrame:
@@ -126,8 +189,8 @@ def claims_table(evidence: pd.DataFrame, info: dict, paper: pd.DataFrame) -> pd.
         source, setting, says = STATEMENTS[claim]
         arms = sorted({f"{r.stage}: {r.baseline_arm} -> {r.treatment_arm}" for r in ours.itertuples()
                        if r.baseline_arm and r.treatment_arm})
-        detectable = [f"{r['part']}: {r['detectable_effect']:.3g}" for _, r in ours.iterrows()
-                      if pd.notna(r["detectable_effect"])]
+        detectable = [f"{r['part']}: {'at least ' if r['lower_bound'] else ''}{r['detectable_effect']:.3g}"
+                      for _, r in ours.iterrows() if pd.notna(r["detectable_effect"])]
         rows.append({"claim_id": claim, "claim": text, "paper_says": says, "paper_source": f"{PAPER}, {source}",
                      "paper_table": source.split(" (")[0], "paper_numbers": headline(paper, claim),
                      "paper_setting": setting,
@@ -135,27 +198,28 @@ def claims_table(evidence: pd.DataFrame, info: dict, paper: pd.DataFrame) -> pd.
                      "arms": "; ".join(arms), "measured": "; ".join(_describe(r) for _, r in ours.iterrows()),
                      "verdict": combine(list(ours["verdict"])),
                      "detectable_effect": "; ".join(detectable),
-                     "detectable_basis": "; ".join(sorted({str(b) for b in ours["detectable_basis"] if b})),
+                     "design": "; ".join(sorted({str(d) for d in ours["design"] if d})),
                      "published_measured": "; ".join(_describe(r) for _, r in pub.iterrows()),
-                     "published_verdict": combine(list(pub["verdict"])) if len(pub) else NOT_MEASURED})
+                     "published_verdict": RELEASED if (pub["verdict"] == RELEASED).any() else NOT_MEASURED})
     return pd.DataFrame(rows)
 
 
 def summary_markdown(claims: pd.DataFrame, info: dict) -> str:
-    """The claims in a few lines of Markdown: which held at our scale and which did not, each beside the paper's
-    number from its table, and beside every 'within noise' the smallest change the run could have detected."""
+    """The claims in a few lines of Markdown under the one rule (docs/methodology.md), each beside the paper's
+    number from its table."""
+    one_seed = (claims["design"].str.contains("prompts")).any()
     lines = [f"### Claims at our scale: {info['model']} ({info['method']}) on {info['train_data']}",
              f"{info['scale']}; judge: {info['judge']}.",
-             "Beside every *within noise*: the smallest change this run could detect with 80% power at 95% "
-             "confidence, from its own variances" + (" (one training seed per arm: the seed's share is not measured "
-             "and taken as 0, so these are lower bounds)." if claims["detectable_basis"].str.contains(
-                 "one training seed").any() else "."), ""]
+             "Verdicts follow the project's one rule: beyond noise after Holm's correction over this run's tests, "
+             "or the largest effect the interval still allows, or the smallest the design could detect (80% power, "
+             "95% confidence)" + (" — with one training seed per arm a lower bound, marked 'at least'." if one_seed
+                                  else "."), ""]
     for r in claims.itertuples():
-        published = ("" if r.published_verdict == NOT_MEASURED
-                     else f" (paper's published answers: {r.published_verdict})")
-        lines.append(f"- **{r.claim}**: {r.verdict}{published}. {r.measured}")
+        published = "" if r.published_verdict == NOT_MEASURED else f" The paper's released answers (uncontrolled): " \
+                                                                    f"{r.published_measured}."
+        lines.append(f"- **{r.claim}**: {r.verdict}. {r.measured}.{published}")
         lines.append(f"  - {r.paper_numbers}")
-    counts = claims["verdict"].value_counts()
+    counts = claims["verdict"].map(word).value_counts()
     lines += ["", "Verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + "."]
     return "\n".join(lines)
 
@@ -166,9 +230,8 @@ def build_report(run: str, roles: dict[str, dict] | None = None, n_boot: int = 2
     ev = RunEvidence(run, n_boot=n_boot, seed=seed)
     if ev.arms.empty:
         raise FileNotFoundError(f"{run_dir(run)} has no trained arms (train/summary.csv): run 01-05 first")
+    evidence = finalize(pd.DataFrame(our_evidence(ev, roles) + published_evidence(run, n_boot, seed)))
     roles = roles or {stage: pick_roles(ev.arms, stage, ev.info["alpha"]) for stage in ("train", "qlora")}
-    evidence = pd.DataFrame(our_evidence(ev, roles) + published_evidence(run, n_boot, seed))
-    evidence = add_detectable_effects(evidence, ev.arms)
     effects = read_table(run_dir(run) / "analysis" / "alpha_effects.csv")
     paper = paper_vs_ours(evidence, ev.info, ev.arms, roles, effects)
     tables = {"claims": claims_table(evidence, ev.info, paper), "paper_vs_ours": paper,

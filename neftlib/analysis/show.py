@@ -1,11 +1,12 @@
 """What notebooks 05 and 06 show, in a few computed sentences: each claim part measured on the run's arms
-with its interval and verdict (the rules of neftlib.analysis.claims), and the report's verdicts counted."""
+with its interval and verdict (the one rule of neftlib.analysis.verdict), and the report's verdicts counted."""
 from __future__ import annotations
 
 import pandas as pd
 
-from neftlib.analysis.claims import CLAIMS, NOISE, NOT_MEASURED, RunEvidence, pick_roles, read_table
+from neftlib.analysis.claims import CLAIMS, NOT_MEASURED, RunEvidence, finalize, pick_roles, read_table
 from neftlib.analysis.report import our_evidence
+from neftlib.analysis.verdict import word
 from neftlib.base.paths import run_dir
 
 ANALYSIS_CLAIMS = ("loss", "overlap", "length_diversity", "gaussian")
@@ -32,19 +33,21 @@ def analysis_summary(run: str, n_boot: int = 1000, seed: int = 0) -> str:
     if ev.arms.empty:
         return f"{run_dir(run)} has no trained arm yet: nothing to analyse."
     roles = {stage: pick_roles(ev.arms, stage, ev.info["alpha"]) for stage in ("train", "qlora")}
-    parts = pd.DataFrame(our_evidence(ev, roles))
+    parts = finalize(pd.DataFrame(our_evidence(ev)))
     lines = [f"Baseline `{roles['train']['baseline']}` against NEFTune `{roles['train']['neftune']}`"
              + (f" and the Gaussian control `{roles['train']['gaussian']}`" if roles["train"]["gaussian"] else "")
-             + f"; {ev.info['scale']}. Paired bootstrap intervals over the same items (verdict rules as notebook 06):"]
+             + f"; {ev.info['scale']}. Each change with its 95% interval and its verdict under the one rule "
+             "(docs/methodology.md; Holm's correction here covers these parts only, notebook 06 covers the run):"]
     for claim in ANALYSIS_CLAIMS:
         rows = parts[(parts["claim_id"] == claim) & ~parts["part"].str.startswith("win rate")]
         if rows.empty:
             continue
         lines.append(f"- **{CLAIMS[claim]}**")
         lines += [f"  - {_part(r)}" for _, r in rows.iterrows()]
-    if (parts["verdict"] == NOISE).any():
-        lines.append("\n*Within noise* means the interval of the change includes no change: this run is too small "
-                     "to tell, which is not the same as no effect (06 says how large a change it could have seen).")
+    if parts["verdict"].map(word).isin(["not shown", "excluded above"]).any():
+        lines.append("\n*Not shown* is not *absent*: the number beside it is the smallest change this design could "
+                     "detect; *excluded above X* means the interval rules out any change of X or more in the paper's "
+                     "direction.")
     return "\n".join(lines)
 
 
@@ -67,19 +70,11 @@ def published_summary(run: str) -> str:
 
 
 def report_summary(claims: pd.DataFrame) -> str:
-    """The report's verdicts counted, and which claims held here and on the paper's published answers."""
-    counts = claims["verdict"].value_counts()
-    lines = ["Verdicts on this run's arms: " + ", ".join(f"{n} *{v}*" for v, n in counts.items()) + "."]
-    for verdict in ("held", "not held", "partly held"):
-        names = claims.loc[claims["verdict"] == verdict, "claim"].tolist()
+    """The report's verdicts counted by word, and the claims each word applies to."""
+    words = claims["verdict"].map(word)
+    lines = ["Verdicts on this run's arms: " + ", ".join(f"{n} *{v}*" for v, n in words.value_counts().items()) + "."]
+    for verdict in ("shown", "opposite", "excluded above", "not shown", "judge cannot decide", "not testable here"):
+        names = claims.loc[words == verdict, "claim"].tolist()
         if names:
-            lines.append(f"- **{verdict}** here: " + "; ".join(names) + ".")
-    held_published = claims.loc[claims["published_verdict"] == "held", "claim"].tolist()
-    if held_published:
-        lines.append("- On the paper's published answers (GPT-4 judgments) these claims **held**: "
-                     + "; ".join(held_published) + ": the paper's effect is there at 7B with GPT-4 as judge.")
-    noise = claims.loc[claims["verdict"] == NOISE, "claim"].tolist()
-    if noise:
-        lines.append(f"- *within noise* here ({len(noise)}): the run could not tell; its report gives, beside each, "
-                     "the smallest change it could have detected.")
+            lines.append(f"- **{verdict}**: " + "; ".join(names) + ".")
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Alpha x seed sweeps: one tidy row per trained arm, effects against alpha 0 measured against the seed spread."""
+"""Alpha x seed sweeps: one tidy row per trained arm, and each alpha's change against alpha 0 tested per seed."""
 from __future__ import annotations
 
 import math
@@ -6,10 +6,9 @@ import math
 import pandas as pd
 
 from neftlib.base.config import RunConfig
-from neftlib.analysis.detectable import seed_changes
+from neftlib.analysis.verdict import Test, decide, holm, seeds_test
 from neftlib.base.io import read_json, write_csv
 from neftlib.base.run import stage_dir, trained_arms
-from neftlib.analysis.power import Design, detectable_effect, seed_change_variance
 
 # metric column -> what the paper predicts NEFTune does to it (+1 up, -1 down, 0 unchanged)
 METRICS = {
@@ -49,47 +48,53 @@ def arm_metrics(cfg: RunConfig) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def seed_detectable_effect(changes: pd.DataFrame, n_seeds: int) -> tuple[float, float]:
-    """(MDE, variance of one per-seed change) for a t test on `n_seeds` per-seed changes (n_seeds - 1 degrees of
-    freedom), their variance pooled over every comparison in `changes` (detectable.seed_changes). NaN with fewer
-    than two seeds. The prompts are shared by every seed, so how the change varies between prompts is not in it."""
-    var, df = seed_change_variance(changes)
-    if n_seeds < 2 or not df or math.isnan(var):
-        return math.nan, var
-    return detectable_effect(Design(var / n_seeds, n_seeds - 1)), var
+EXPECT = {1: "higher", -1: "lower", 0: "unchanged"}
+UNCHANGED_MARGIN = 0.10  # an "unchanged" metric: within +-10% of the alpha-0 arms' mean (as claims.DIVERSITY_MARGIN)
 
 
 def alpha_effects(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Per stage, distribution, alpha > 0 and metric: mean change against the same seeds' alpha-0 arms.
-
-    `seed_spread` is the largest change between two alpha-0 arms of different seeds (the noise floor of
-    the data order alone); `beyond_seeds` says whether every seed's change exceeds it in the same direction.
-    `detectable_effect`: the smallest mean change a t test on this alpha's per-seed changes detects with 80%
-    power at 95% confidence (neftlib.analysis.power), their variance pooled over the stage's alphas and distributions.
-    """
+    """Per stage, distribution, alpha > 0 and metric: the change against the same seeds' alpha-0 arms, tested
+    under the one rule (neftlib.analysis.verdict): the t test of the per-seed paired changes (`low`, `high`: its
+    95% interval; `p_value`, and `p_holm` after Holm's correction over every test of the table), the smallest
+    change that design detects, and the verdict. With one seed per alpha there is no interval and no verdict:
+    the sweep then says nothing the claims table does not."""
     rows = []
     for stage, frame in metrics.groupby("stage"):
         base = frame[frame["alpha"] == 0].set_index("seed")
         for metric, predicted in METRICS.items():
-            if metric not in frame or base.empty:
+            if metric not in frame or base.empty or frame[metric].isna().all():
                 continue
-            changes = seed_changes(frame, stage, metric)
-            spread = float(base[metric].max() - base[metric].min()) if len(base) > 1 else float("nan")
             for (dist, alpha), arms in frame[frame["alpha"] > 0].groupby(["distribution", "alpha"]):
                 deltas = [float(r[metric] - base.loc[r["seed"], metric]) for _, r in arms.iterrows()
-                          if r["seed"] in base.index]
+                          if r["seed"] in base.index and pd.notna(r[metric])]
                 if not deltas:
                     continue
-                same_sign = all(d > 0 for d in deltas) or all(d < 0 for d in deltas)
-                beyond = len(deltas) > 1 and spread == spread and same_sign and min(abs(d) for d in deltas) > spread
-                mde, var = seed_detectable_effect(changes, len(deltas))
-                rows.append({"stage": stage, "distribution": dist, "alpha": alpha, "metric": metric,
-                             "predicted": {1: "up", -1: "down", 0: "unchanged"}[predicted],
-                             "mean_change": sum(deltas) / len(deltas), "min_change": min(deltas),
-                             "max_change": max(deltas), "n_seeds": len(deltas), "seed_spread": spread,
-                             "beyond_seeds": beyond, "seed_change_sd": math.sqrt(var) if var == var else var,
-                             "detectable_effect": mde})
-    return pd.DataFrame(rows)
+                row = {"stage": stage, "distribution": dist, "alpha": alpha, "metric": metric,
+                       "predicted": {1: "up", -1: "down", 0: "unchanged"}[predicted],
+                       "baseline_mean": float(base[metric].mean()),
+                       "mean_change": sum(deltas) / len(deltas), "min_change": min(deltas),
+                       "max_change": max(deltas), "n_seeds": len(deltas), "low": math.nan, "high": math.nan,
+                       "p_value": math.nan, "detectable_effect": math.nan}
+                if len(deltas) >= 2:
+                    test = seeds_test(deltas)
+                    row.update(low=test.low, high=test.high, p_value=test.p_value, detectable_effect=test.detectable)
+                rows.append(row)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table["p_holm"] = holm(table["p_value"].to_numpy(float))
+    table["verdict"] = [_verdict(r) for _, r in table.iterrows()]
+    return table
+
+
+def _verdict(row: pd.Series) -> str:
+    if row["n_seeds"] < 2:
+        return "one seed: no verdict (see the claims table)"
+    test = Test(row["mean_change"], row["low"], row["high"], row["p_value"], row["n_seeds"] - 1, "seeds",
+                int(row["n_seeds"]), row["detectable_effect"], False)
+    expect = EXPECT[METRICS[row["metric"]]]
+    margin = UNCHANGED_MARGIN * abs(row["baseline_mean"]) if expect == "unchanged" else None
+    return decide(test, expect, row["p_holm"] if pd.notna(row["p_holm"]) else None, margin)
 
 
 # metric column -> how the written conclusion names it
@@ -103,54 +108,26 @@ METRIC_NAMES = {
 
 
 def effect_verdict(row: pd.Series) -> str:
-    """What one alpha's change says about the paper's prediction, judged against the seed spread alone."""
-    if pd.isna(row["mean_change"]):
-        return "not measured"
-    if row["n_seeds"] < 2:
-        return "one seed, cannot tell"
-    if pd.isna(row["seed_spread"]):
-        return "no seed spread to compare with"
-    if not row["beyond_seeds"]:
-        return "as the paper says (within the seed spread)" if row["predicted"] == "unchanged" else "within the seed spread"
-    direction = "up" if row["mean_change"] > 0 else "down"
-    if row["predicted"] == "unchanged":
-        return f"{direction}, beyond the seed spread; paper: unchanged"
-    return "as the paper says, beyond the seed spread" if direction == row["predicted"] else \
-        f"{direction}, beyond the seed spread; paper: {row['predicted']}"
-
-
-def _detectable_note(row: pd.Series) -> str:
-    """Beside a verdict that saw nothing: the smallest mean change this many seeds could have detected."""
-    mde = row.get("detectable_effect", math.nan)
-    if pd.isna(mde) or row.get("beyond_seeds") is True or "beyond" in effect_verdict(row):
-        return ""
-    n = int(row["n_seeds"])
-    # The seed spread compares seeds trained on different data; paired per seed, the same change can be clear.
-    same_sign = row["min_change"] > 0 or row["max_change"] < 0
-    if same_sign and abs(row["mean_change"]) > mde:
-        direction = "up" if row["mean_change"] > 0 else "down"
-        return f" [paired per seed: {direction} on all {n} seeds, beyond the {mde:.3g} that {n} seeds detect]"
-    return f" [smallest change {n} seeds detect: {mde:.3g}]"
+    """The verdict alpha_effects computed for one alpha and metric (older tables without one: not tested)."""
+    return str(row["verdict"]) if "verdict" in row and pd.notna(row.get("verdict")) else "not tested (no verdict)"
 
 
 def sweep_conclusion(effects: pd.DataFrame) -> str:
-    """The sweep in a few lines of Markdown: per metric and alpha, the mean change against alpha 0 and what it says."""
+    """The sweep in a few lines of Markdown: per metric and alpha, the mean change against alpha 0, its interval
+    and the verdict under the one rule."""
     # A run of one seed per alpha (the plain profiles) is no sweep: its pairs are in the claims table.
-    if effects.empty or effects["n_seeds"].max() < 2:
+    if effects.empty or effects["n_seeds"].max() < 2 or "verdict" not in effects:
         return ""
     seeds = sorted({int(n) for n in effects["n_seeds"]})
     lines = [f"### Alpha sweep: changes against alpha 0, {' or '.join(map(str, seeds))} training seeds per alpha",
-             "A change counts only when every seed's change exceeds the largest difference between the "
-             "alpha-0 seeds, in the same direction. In brackets beside a change that does not: the smallest mean "
-             "change a t test on that many per-seed changes detects with 80% power at 95% confidence, from the "
-             "spread of this sweep's per-seed changes, or, when the change goes the same way on every seed and "
-             "exceeds it, that it does: paired per seed, the change is clear although the seeds, trained on "
-             "different data, differ more among themselves.", ""]
+             "Each change is the mean of the per-seed paired changes (each seed's noised arm minus its own alpha-0 "
+             "arm), with the t interval of those changes; verdicts follow the one rule (docs/methodology.md), after "
+             f"Holm's correction over the {len(effects)} tests below.", ""]
     for (stage, dist, metric), frame in effects.groupby(["stage", "distribution", "metric"], sort=False):
-        parts = [f"alpha {r.alpha:g}: {r.mean_change:+.3g} ({effect_verdict(pd.Series(r._asdict()))})"
-                 + _detectable_note(pd.Series(r._asdict())) for r in frame.sort_values("alpha").itertuples()]
+        parts = [f"alpha {r.alpha:g}: {r.mean_change:+.3g} [{r.low:.3g}, {r.high:.3g}] ({r.verdict})"
+                 for r in frame.sort_values("alpha").itertuples()]
         lines.append(f"- **{METRIC_NAMES.get(metric, metric)}** ({stage}, {dist} noise; paper: "
-                     f"{frame['predicted'].iloc[0]}; seed spread {frame['seed_spread'].iloc[0]:.3g}): " + "; ".join(parts))
+                     f"{frame['predicted'].iloc[0]}): " + "; ".join(parts))
     return "\n".join(lines)
 
 

@@ -21,10 +21,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from neftlib.analysis.overfitting import diversity_table, example_losses_table, overfitting_table
 from neftlib.base.io import read_json, write_json
 from neftlib.base.paths import run_dir
 from neftlib.base.profiles import PROFILES
 from neftlib.base.recipes import load_config
+from neftlib.evaluation.length_probe import length_probe
+from neftlib.evaluation.stage import arm_outputs
+from neftlib.pipeline.lock import run_lock
+from neftlib.pipeline.stages import prepare_data, stage_dir, start_run, train_arms
+from neftlib.training.models import load_tokenizer
+from neftlib.training.train import load_trained
 
 PROFILE = "cpu-dose"
 ARMS: tuple[str, ...] = PROFILES[PROFILE]["arms"]
@@ -54,14 +61,6 @@ def _gzip_copy(source: Path, target: Path) -> None:
 
 def measure_arm(arm: str, evidence: Path, progress: bool = True, profile: str = PROFILE) -> Path:
     """Train, answer and measure one arm in its own run folder, then export it to `evidence`/arms/<arm>/."""
-    from neftlib.analysis.overfitting import diversity_table, example_losses_table, overfitting_table
-    from neftlib.evaluation.length_probe import length_probe
-    from neftlib.evaluation.stage import arm_outputs
-    from neftlib.pipeline.lock import run_lock
-    from neftlib.pipeline.stages import prepare_data, stage_dir, start_run, train_arms
-    from neftlib.training.models import load_tokenizer
-    from neftlib.training.train import load_trained
-
     arms = load_config(profile).arms
     if arm not in arms:
         raise ValueError(f"{arm!r} is not an arm of {profile}: choose from {', '.join(arms)}")
