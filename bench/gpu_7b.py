@@ -33,11 +33,18 @@ ALPHA = 5.0
 
 @dataclasses.dataclass(frozen=True)
 class Sizes:
-    """What a run measures; rehearsal shrinks it."""
+    """What a run measures; bench/gpu_check.py's plan scales it to the card, rehearsal shrinks it."""
 
     rehearse: bool = False  # CPU, a hidden-64 model of the same layout, a few tokens
     steps: int = 2  # optimizer steps per training run: the first warms up, the others are timed
+    layers: int = 32  # decoder layers of the 7B model the bf16 LoRA part loads (all 32 where they fit)
+    qlora_layers: int = 32  # decoder layers of the 7B model the QLoRA part loads (all 32 where they fit)
     full_layers: int = 8  # decoder layers of the full fine-tune (all 32 with AdamW states need ~110 GB)
+    compute: str = "bf16"  # precision of the bf16 parts: fp16 on a card without bf16 (T4, V100)
+    batch_size: int = 4  # micro-batch of the gpu-7b parts (the profile's 4)
+    grad_accum: int = 32  # micro-batches per optimizer step of the gpu-7b parts (the profile's 32 on one GPU)
+    qlora_grad_accum: int = 4  # micro-batches per optimizer step of the QLoRA part (colab-qlora's 4)
+    gen_batch: int = 32  # answers per generate call of the LoRA part (gpu-7b's gen_batch_size)
     gen_new_tokens: int = 256  # tokens generated per answer in the throughput figure
     worst_gen_tokens: int = 512  # colab-qlora's answer cap, for its worst-case generation memory
 
@@ -221,9 +228,14 @@ def generate(folder: str, *, precision: str, load_in_4bit: bool, batch: int, pro
 
 
 def profile_cfg(profile: str, folder: Path, sizes: Sizes, **overrides: Any) -> RunConfig:
-    """A profile's training settings on the random model (steps, length and accumulation cut in rehearsal)."""
+    """A profile's training settings on the random model, at the plan's batch and accumulation (one process);
+    length and batch cut in rehearsal."""
     cfg = load_config(profile, model=str(folder), max_steps=sizes.steps, save_every=10**9, logging_steps=1,
                       **overrides)
+    if profile == "colab-qlora":
+        cfg = dataclasses.replace(cfg, effective_batch=cfg.batch_size * sizes.qlora_grad_accum)
+    else:
+        cfg = dataclasses.replace(cfg, batch_size=sizes.batch_size, effective_batch=sizes.batch_size * sizes.grad_accum)
     if sizes.rehearse:
         cfg = dataclasses.replace(cfg, max_length=32, batch_size=2, effective_batch=4)
     return cfg

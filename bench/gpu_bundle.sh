@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Packs, on a machine that reaches PyPI, what `make gpu-check` needs on a GPU machine that has Python 3.12, a
-# CUDA build of torch and the usual scientific stack (numpy, pandas, matplotlib, accelerate, ...) but no network:
+# CUDA build of torch and the usual scientific stack (numpy, pandas, matplotlib, ...) but no network:
 #   .gpu/whl/    wheels of the packages such a machine lacks, at the versions this project pins or runs with,
 #                bitsandbytes cut down to the one CUDA library that machine's torch loads (43 MB -> ~4 MB);
 #   .gpu/cache/  the SmolLM2 tokenizer (the tiny test model is built from it there).
@@ -16,8 +16,10 @@ PYVER=${PYVER:-3.12}
 PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 CACHE=${NEFTLIB_CACHE_DIR:-.cache}
 OUT=.gpu
-# pinned in pyproject.toml, or what the tests run with here (pip show)
-PINNED="transformers==5.23.0 peft==0.21.2 bitsandbytes==0.50.2 datasets==5.2.0"
+# the replication's exact versions (constraints.txt), or what the tests run with here (pip show). accelerate too,
+# although such a machine has one: train.py's release() removes what accelerate 1.15 binds onto a model and its
+# optimizer, by name.
+PINNED="transformers==5.23.0 peft==0.21.2 bitsandbytes==0.50.2 datasets==5.2.0 accelerate==1.15.0"
 UNPINNED="dill multiprocess gguf papermill nbclient nbformat fastjsonschema jsonschema jsonschema-specifications
 referencing rpds-py jupyter-client jupyter-core ipykernel ipython ipython-pygments-lexers traitlets pyzmq tornado
 comm debugpy matplotlib-inline nest-asyncio2 jedi parso prompt-toolkit pexpect ptyprocess decorator stack-data

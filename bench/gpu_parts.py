@@ -18,14 +18,22 @@ import gpu_7b as g
 PROJ = Path(__file__).resolve().parents[1]
 
 
-def _folder(work: Path, layers: int | None = None) -> Path:
-    return work / ("llama-7b-random" if layers is None else f"llama-7b-random-{layers}l")
+def _folder(work: Path, layers: int) -> Path:
+    return work / f"llama-7b-random-{layers}l"
 
 
-def _model_folder(work: Path, layers: int | None = None) -> Path:
+def _model_folder(work: Path, layers: int) -> Path:
     folder = _folder(work, layers)
     if not (folder / "config.json").exists():
         raise FileNotFoundError(f"{folder} is missing: the random_7b part did not finish")
+    return folder
+
+
+def _config_folder(work: Path, sizes: g.Sizes, layers: int) -> Path:
+    """A folder holding only the config of the 7B shape at `layers` layers: what an estimate reads."""
+    folder = work / f"llama-7b-config-{layers}l"
+    if not (folder / "config.json").exists():
+        g.shape(sizes, layers).save_pretrained(folder)
     return folder
 
 
@@ -65,7 +73,7 @@ def cpu_bf16(work: Path, sizes: g.Sizes) -> dict[str, Any]:
     from neftlib.pipeline import stages
 
     steps = 2 if sizes.rehearse else None  # None: the profile's own (4 epochs of 40 examples: 20 steps)
-    cfg = stages.start_run("cpu", "gpu-check-cpu-bf16", force=True, precision="bf16", max_steps=steps)
+    cfg = stages.start_run("cpu", "gpu-check-cpu-bf16", force=True, precision=sizes.compute, max_steps=steps)
     stages.prepare_data(cfg)
     arms = {}
     for arm in cfg.arms:
@@ -83,17 +91,19 @@ def cpu_bf16(work: Path, sizes: g.Sizes) -> dict[str, Any]:
 
 
 def random_7b(work: Path, sizes: g.Sizes) -> dict[str, Any]:
-    """The random 7B-shaped models the next parts load: all 32 layers, and `full_layers` of them."""
-    few = g.save_random(sizes, _folder(work, sizes.full_layers), layers=sizes.full_layers) if sizes.full_layers >= 1 else None
-    return {"all_layers": g.save_random(sizes, _folder(work)), "few_layers": few}
+    """The random 7B-shaped models the next parts load, one per layer count the plan gave them: all 32 layers
+    where the card holds them, fewer where it does not, and the full fine-tune's few layers."""
+    counts = sorted({n for n in (sizes.qlora_layers, sizes.layers, sizes.full_layers) if n >= 1}, reverse=True)
+    return {"models": {str(n): g.save_random(sizes, _folder(work, n), layers=n) for n in counts}}
 
 
 def qlora_7b(work: Path, sizes: g.Sizes) -> dict[str, Any]:
     """colab-qlora's training (4-bit NF4 base, LoRA r 64, fp16, checkpointing, batch 4 x 4, length 512) and
     its worst-case generation (gen_batch_size prompts of max_length, answers at the cap): do they fit a T4?"""
     from neftlib.pipeline.estimate import inference_memory
+    from neftlib.training.memory import estimate_memory
 
-    folder = _model_folder(work)
+    folder = _model_folder(work, sizes.qlora_layers)
     cfg = g.profile_cfg("colab-qlora", folder, sizes)
     peak = g.matmul_peak(torch.float16 if torch.cuda.is_available() else torch.float32, sizes.rehearse)
     train = g.train_steps(cfg, g.rows_for(cfg, g.shape(sizes).vocab_size), work / "qlora", peak)
@@ -105,28 +115,35 @@ def qlora_7b(work: Path, sizes: g.Sizes) -> dict[str, Any]:
     context = _context_gib()
     t4 = None
     if train["peak_reserved_gib"] is not None:
-        need = max(train["peak_reserved_gib"], gen["peak_reserved_gib"]) + context
+        # on a card that cannot hold all 32 layers the plan loads fewer: the peaks scale by the estimates' ratio
+        whole = g.profile_cfg("colab-qlora", _config_folder(work, sizes, 32), sizes)
+        scale_train = estimate_memory(whole, cuda=True).total / estimate_memory(cfg, cuda=True).total
+        whole_gen = inference_memory(whole, batch=cfg.gen_batch_size, context=cfg.max_length + sizes.worst_gen_tokens,
+                                     load_in_4bit=True, adapters=True, kv_cache=True, all_logits=False)
+        scale_gen = sum(whole_gen.values()) / sum(estimate.values())
+        need = max(train["peak_reserved_gib"] * scale_train, gen["peak_reserved_gib"] * scale_gen) + context
         # a T4 has 15 GiB; the goal leaves 1 GiB of it for the display driver, fragmentation and Colab itself
         t4 = {"peak_with_context_gib": round(need, 3), "goal_gib": 14.0, "fits_goal": need <= 14.0,
-              "t4_memory_gib": 15.0}
-    return {"fp16_matmul_peak_tflops": round(peak, 3), "train": train, "generation": gen,
+              "t4_memory_gib": 15.0, "measured_layers": sizes.qlora_layers,
+              "projected_to_32_layers": sizes.qlora_layers != 32}
+    return {"fp16_matmul_peak_tflops": round(peak, 3), "layers": sizes.qlora_layers, "train": train, "generation": gen,
             "cuda_context_gib": context, "t4": t4}
 
 
 def bf16_7b(work: Path, sizes: g.Sizes) -> dict[str, Any]:
     """gpu-7b's per-device settings (batch 4, length 512, checkpointing, accumulation 32) with a bf16 LoRA:
     neftlib against Trainer's built-in NEFTune on the same rows, then batched generation at gen_batch_size."""
-    folder = _model_folder(work)
-    cfg = g.profile_cfg("gpu-7b", folder, sizes, method="lora")
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    peak = g.matmul_peak(dtype, sizes.rehearse)
+    folder = _model_folder(work, sizes.layers)
+    cfg = g.profile_cfg("gpu-7b", folder, sizes, method="lora", precision=sizes.compute)
+    peak = g.matmul_peak(_dtype(sizes), sizes.rehearse)
     rows = g.rows_for(cfg, g.shape(sizes).vocab_size)
     lora = g.train_steps(cfg, rows, work / "lora", peak)
     trainer = g.trainer_steps(cfg, rows, work / "hf_trainer")
-    lengths = _prompt_lengths(cfg.gen_batch_size)
-    gen = g.generate(str(folder), precision="bf16", load_in_4bit=False, batch=cfg.gen_batch_size,
+    lengths = _prompt_lengths(sizes.gen_batch)
+    gen = g.generate(str(folder), precision=sizes.compute, load_in_4bit=False, batch=sizes.gen_batch,
                      prompt_tokens=lengths, new_tokens=sizes.gen_new_tokens)
-    return {"bf16_matmul_peak_tflops": round(peak, 3), "lora": lora, "hf_trainer_neftune": trainer,
+    return {"bf16_matmul_peak_tflops": round(peak, 3), "precision": sizes.compute, "layers": sizes.layers, "lora": lora,
+            "hf_trainer_neftune": trainer,
             "ratio_neftlib_over_hf_trainer": round(lora["tokens_per_s"] / trainer["tokens_per_s"], 4),
             "generation": gen}
 
@@ -139,20 +156,25 @@ def full_7b(work: Path, sizes: g.Sizes) -> dict[str, Any]:
     if sizes.full_layers < 1:
         raise ValueError(f"--full-layers must be at least 1, got {sizes.full_layers}")
     folder = _model_folder(work, sizes.full_layers)
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    peak = g.matmul_peak(dtype, sizes.rehearse)
+    peak = g.matmul_peak(_dtype(sizes), sizes.rehearse)
     runs = {}
     for checkpointing in (True, False):
-        cfg = g.profile_cfg("gpu-7b", folder, sizes, gradient_checkpointing=checkpointing)
+        cfg = g.profile_cfg("gpu-7b", folder, sizes, gradient_checkpointing=checkpointing, precision=sizes.compute)
         run = g.train_steps(cfg, g.rows_for(cfg, g.shape(sizes).vocab_size), work / f"full-{checkpointing}", peak,
                             save=False)
-        whole = g.profile_cfg("gpu-7b", _folder(work), sizes, gradient_checkpointing=checkpointing)
+        whole = g.profile_cfg("gpu-7b", _config_folder(work, sizes, 32), sizes, gradient_checkpointing=checkpointing,
+                              precision=sizes.compute)
         est_all = estimate_memory(whole, cuda=torch.cuda.is_available()).total
         if run["peak_reserved_gib"] is not None:
             run["projected_32_layer_peak_gib"] = round(run["peak_reserved_gib"] * est_all / g.GiB / run["estimate_gib"], 1)
         run["estimate_32_layers_gib"] = round(est_all / g.GiB, 3)
         runs["checkpointing" if checkpointing else "no_checkpointing"] = run
-    return {"bf16_matmul_peak_tflops": round(peak, 3), "layers": sizes.full_layers, **runs}
+    return {"bf16_matmul_peak_tflops": round(peak, 3), "precision": sizes.compute, "layers": sizes.full_layers, **runs}
+
+
+def _dtype(sizes: g.Sizes) -> torch.dtype:
+    """The matmul dtype of the bf16 parts' peak: the plan's compute precision on a GPU, fp32 on a CPU."""
+    return g.DTYPES[sizes.compute] if torch.cuda.is_available() else torch.float32
 
 
 def _prompt_lengths(n: int) -> list[int]:

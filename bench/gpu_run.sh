@@ -6,7 +6,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD NEFTLIB_CACHE_DIR=$PWD/.gpu/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-python3 -c "import torch, transformers, peft, bitsandbytes; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| transformers', transformers.__version__, '| peft', peft.__version__, '| bitsandbytes', bitsandbytes.__version__)"
+python3 -c "import torch, transformers, peft, bitsandbytes, accelerate; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| transformers', transformers.__version__, '| peft', peft.__version__, '| bitsandbytes', bitsandbytes.__version__, '| accelerate', accelerate.__version__)"
 # 540 s for the parts: with the install and start-up, inside a 600 s command limit
 if command -v make >/dev/null; then
   make --no-print-directory gpu-check PYTHON=python3 ARGS="--budget ${BUDGET:-540} $*"

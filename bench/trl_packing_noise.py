@@ -43,14 +43,16 @@ def examples(n: int = EXAMPLES) -> list[dict[str, str]]:
     raise ValueError(f"{MINI_TRAIN} has fewer than {n} rows of different lengths")
 
 
-def sft_trainer(out_dir: str, callbacks: tuple = (), neftune_noise_alpha: float | None = None, max_steps: int = 1):
-    """SFTTrainer on the tiny model with packing (TRL's default bfd strategy: padding-free rows), one row per step."""
+def sft_trainer(out_dir: str, callbacks: tuple = (), neftune_noise_alpha: float | None = None, max_steps: int = 1,
+                **config: Any):
+    """SFTTrainer on the tiny model with packing (TRL's default bfd strategy: padding-free rows), one row per step;
+    `config`: other SFTConfig settings (packing_strategy, padding_free, pad_to_multiple_of, ...)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    args = SFTConfig(output_dir=out_dir, packing=True, max_length=4096, per_device_train_batch_size=1,
-                     max_steps=max_steps, learning_rate=1e-4, neftune_noise_alpha=neftune_noise_alpha,
-                     report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0)
+    settings = dict(packing=True, max_length=4096, per_device_train_batch_size=1, save_strategy="no")
+    args = SFTConfig(output_dir=out_dir, max_steps=max_steps, learning_rate=1e-4, neftune_noise_alpha=neftune_noise_alpha,
+                     report_to=[], use_cpu=True, disable_tqdm=True, seed=0, **{**settings, **config})
     return SFTTrainer(model=load_base("tiny-random"), args=args, train_dataset=Dataset.from_list(examples()),
                       processing_class=load_tokenizer("tiny-random"), callbacks=list(callbacks))
 
@@ -66,12 +68,14 @@ class _Stop(Exception):
 
 
 def segment_sq_norms(model, batch: dict[str, Any], draws: int) -> torch.Tensor:
-    """(draws, segments) squared norms of the noise on each packed example, from train-mode forwards.
+    """(draws, segments) squared norms of the noise on each packed example of the batch's first row, from
+    train-mode forwards.
 
     Call after the noise hook is attached: this hook on the embedding runs after it and sees its output."""
     emb = model.get_input_embeddings()
     clean = emb.weight[batch["input_ids"]].detach().double()
-    spans = segments(batch["position_ids"])
+    # A row without position_ids (TRL's `wrapped` packing) has no boundaries: it is one segment.
+    spans = segments(batch["position_ids"]) if "position_ids" in batch else [(0, batch["input_ids"].shape[1])]
     rows: list[torch.Tensor] = []
 
     def look(module, inputs, output):

@@ -1,22 +1,25 @@
-"""Command line: `python -m neftlib run|train|estimate|figures|report|recipes|winrate|analyze ...`."""
+"""Command line: `python -m neftlib run|train|config|estimate|figures|report|recipes|winrate|analyze ...`."""
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import sys
 from pathlib import Path
 
+from neftlib.base.config import RunConfig
 from neftlib.base.io import read_json
 from neftlib.base.paths import data_notice, results_root, run_dir
 from neftlib.base.profiles import PROFILES
-from neftlib.base.recipes import parse_sets, split_seed_alpha, write_recipes
+from neftlib.base.recipes import config_text, load_config, parse_sets, split_seed_alpha, write_recipes
 from neftlib.evaluation.textstats import analyze_files
 from neftlib.evaluation.winrate import summarize_annotations
-from neftlib.pipeline.lock import run_lock
 
-# Commands that load torch, transformers or matplotlib import them when they run, so `--help`, `winrate`,
-# `analyze` and `recipes` start in a fraction of a second instead of the ~13 s torch takes to import.
+# Commands that load torch, transformers or matplotlib import them when they run, so `--help`, `config`, `winrate`,
+# `analyze` and `recipes` start in a fraction of a second instead of the ~13 s torch takes to import; `run` and
+# `train` check their settings before that import, so a typo in --set is named at once.
+REPLICATION_HINT = "the pipeline's packages come with the replication extra: pip install 'neftlib[replication]'"
 
 # win_rate counts votes as alpaca_eval does (100 * (n_wins + n_draws / 2) / n_total); win_rate_soft averages
 # the preferences (probabilities, where the annotations hold them: neftlib's preference_soft).
@@ -50,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
                     "(kept by a later `run` of the same run)")
     tr.add_argument("--model", default=None,
                     help="another model for the profile (hub id or local folder; kept by a later `run` of the same run)")
+    conf = sub.add_parser("config", help="print the settings a run would use (profile or recipe, then --set) as YAML, "
+                          "every TRL / TrainingArguments name resolved; loads no model")
+    _settings(conf)
+    conf.add_argument("--run", default="", help="results/<run>/ folder (default: the profile name)")
+    conf.add_argument("--seed", type=int, default=None)
+    conf.add_argument("--alpha", type=float, default=None, help="NEFTune alpha of the noised arms")
     fig = sub.add_parser("figures", help="rebuild every figure of a run from its results folder (figures/<run>/)")
     fig.add_argument("run", help="the run's name: the folder under results/")
     rep = sub.add_parser("report", help="rebuild a run's report (results/<run>/report/) from its results folder")
@@ -82,25 +91,40 @@ def _settings(cmd: argparse.ArgumentParser) -> None:
 
 
 def _resolve_settings(args: argparse.Namespace) -> dict:
-    """Profile / recipe and overrides of `run` and `train`, checked before anything runs."""
+    """Profile / recipe and overrides of `run`, `train` and `config`, checked before anything runs."""
     sets = parse_sets(args.set)
     sets, args.seed, args.alpha = split_seed_alpha(sets, args.seed, args.alpha)
     config = str(Path(args.config).expanduser().resolve()) if args.config else ""
     return {"profile": args.profile or ("" if config else "cpu"), "config": config, "sets": sets}
 
 
+def _checked_config(args: argparse.Namespace, chosen: dict, **flags) -> RunConfig:
+    """The whole config the command would run with, built without torch: every setting and combination is
+    checked here, in a fraction of a second, before `run` or `train` import anything heavy."""
+    return load_config(chosen["profile"], config=chosen["config"] or None, run=args.run or None, seed=args.seed,
+                       alpha=args.alpha, **{**chosen["sets"], **{k: v for k, v in flags.items() if v is not None}})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
+            chosen = _resolve_settings(args)
+            _checked_config(args, chosen)
             from neftlib.pipeline.runner import run_pipeline
 
-            chosen = _resolve_settings(args)
             folder = run_pipeline(chosen["profile"], args.run, seed=args.seed, alpha=args.alpha, force=args.force,
                                   only=args.only, config=chosen["config"], sets=chosen["sets"])
             print(f"results in {folder}")
         elif args.command == "train":
             _train(args)
+        elif args.command == "config":
+            cfg = _checked_config(args, _resolve_settings(args))
+            print(config_text(cfg, [f"The settings of run {cfg.run_name!r}: profile {cfg.profile!r}"
+                                    + (f", recipe {args.config}" if args.config else "")
+                                    + (", with --set" if args.set else "") + ".",
+                                    "Run them: python -m neftlib run with the same options, or save this as a "
+                                    "recipe and use --config."]), end="")
         elif args.command == "figures":
             from neftlib.analysis.figures import rebuild_all
 
@@ -126,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({k: stats[k] for k in WINRATE_KEYS}))
         elif args.command == "analyze":
             print(json.dumps(analyze_files(args.outputs, cutoff=args.cutoff), indent=2))
+    except ModuleNotFoundError as err:
+        # papermill stands for the replication extra: missing, this is a light install (the noise alone)
+        hint = f"; {REPLICATION_HINT}" if importlib.util.find_spec("papermill") is None else ""
+        print(f"neftlib {args.command}: error: {err}{hint}", file=sys.stderr)
+        return 2
     except (ValueError, OSError, MemoryError, RuntimeError) as err:  # OSError covers missing files and a full disk
         print(f"neftlib {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -144,13 +173,15 @@ def _existing_run(run: str) -> Path:
 
 def _train(args: argparse.Namespace) -> None:
     """start_run + prepare_data + train_arms; every rank of a launch runs this, the main one reports."""
-    from neftlib.pipeline.stages import prepare_data, run_config, stage_dir, start_run, train_arms
-    from neftlib.training.train import process_state
-
     chosen = _resolve_settings(args)
     for name, flag in (("grad_accum", args.grad_accum), ("model", args.model)):
         if flag is not None and chosen["sets"].get(name) not in (None, str(flag)):
             raise ValueError(f"{name} given twice: --{name.replace('_', '-')} {flag} and --set {name}={chosen['sets'][name]}")
+    _checked_config(args, chosen, grad_accum=args.grad_accum, model=args.model)
+    from neftlib.pipeline.lock import run_lock
+    from neftlib.pipeline.stages import prepare_data, run_config, stage_dir, start_run, train_arms
+    from neftlib.training.train import process_state
+
     overrides = {**chosen["sets"], **{k: v for k, v in (("grad_accum", args.grad_accum), ("model", args.model))
                                       if v is not None}}
     notice = data_notice()  # raises before the run folder is made when NEFTLIB_DATA_DIR is not a folder

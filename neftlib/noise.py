@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import math
 import numbers
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
 from torch import nn
 
-__all__ = ["add_neftune_noise", "neftune", "NEFTuneHandle", "noise_seed", "noise_dose", "NEFTuneCallback"]
+__all__ = ["add_neftune_noise", "neftune", "NEFTuneHandle", "noise_seed", "noise_dose", "noise_state_name",
+           "NEFTuneCallback"]
+
+log = logging.getLogger(__name__)
 
 _DISTRIBUTIONS = ("uniform", "gaussian")
 _SCALINGS = ("per_example", "padded")
@@ -298,6 +303,16 @@ def noise_seed(run_seed: int, rank: int = 0) -> int:
     return out ^ 1 if out == run_seed else out
 
 
+def _rank(args: Any) -> int:
+    """This process's index among a launch's processes (0 alone), from TrainingArguments."""
+    return getattr(args, "process_index", 0)
+
+
+def noise_state_name(rank: int) -> str:
+    """The file, inside a Trainer checkpoint, that holds process `rank`'s noise-generator state."""
+    return f"noise_rng_state_{rank}.pth"
+
+
 def _build_callback_class() -> type:
     from transformers import TrainerCallback
 
@@ -308,6 +323,14 @@ def _build_callback_class() -> type:
         from ``noise_seed(args.seed, args.process_index)``. ``self.handle`` exposes the handle.
         Works as is in TRL's ``SFTTrainer`` with packing / padding-free rows: each packed example's
         length comes from the ``position_ids`` the trainer passes to the model.
+
+        Checkpoints carry the noise generator's state (``noise_rng_state_<rank>.pth``), so a run resumed from
+        ``output_dir/checkpoint-N`` continues the noise stream where it stopped instead of repeating it.
+        Each training log gets ``noise_ratio``, ||noise|| / ||embeddings|| over the real tokens averaged
+        since the previous log: in ``state.log_history`` and for the callbacks after this one. Trainer calls
+        its ``report_to`` integrations before the callbacks you pass, so for TensorBoard or W&B to record it,
+        give ``report_to="none"`` and their callback after this one:
+        ``callbacks=[NEFTuneCallback(5.0), TensorBoardCallback()]``.
         """
 
         def __init__(self, alpha: float, **options: Any) -> None:
@@ -325,10 +348,40 @@ def _build_callback_class() -> type:
             self.close()  # a previous train() that raised never reached on_train_end
             opts = dict(self.options)
             if "seed" not in opts and "generator" not in opts:
-                opts["seed"] = noise_seed(args.seed, getattr(args, "process_index", 0))
+                opts["seed"] = noise_seed(args.seed, _rank(args))
             stack = contextlib.ExitStack()
             self.handle = stack.enter_context(neftune(model, self.alpha, **opts))
             self._stack = stack
+            if getattr(state, "global_step", 0) > 0:  # resumed: Trainer restored the checkpoint of this step
+                self._resume(Path(args.output_dir) / f"checkpoint-{state.global_step}", _rank(args))
+
+        def _resume(self, checkpoint: Path, rank: int) -> None:
+            """Continue the noise stream saved in `checkpoint`; without that file it restarts from its seed (a warning)."""
+            saved = checkpoint / noise_state_name(rank)
+            if saved.is_file():
+                self.handle.set_rng_state(torch.load(saved, weights_only=True))
+            else:
+                log.warning("resumed at step %s without %s: the NEFTune noise restarts from its seed", checkpoint.name,
+                            saved)
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            saved = folder / noise_state_name(_rank(args))
+            # A trainer that writes it itself into the checkpoint (neftlib's, atomically) is left alone.
+            if self.handle is not None and folder.is_dir() and not saved.exists():
+                torch.save(self.handle.rng_state(), saved)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Optional[dict] = None, **kwargs: Any) -> None:
+            # A training log only, and only once: a trainer that logs the ratio itself (neftlib's) already did.
+            if logs is None or "loss" not in logs or "noise_ratio" in logs or self.handle is None:
+                return
+            ratio = self.handle.pop_mean_ratio()
+            if ratio is None:
+                return
+            logs["noise_ratio"] = ratio
+            last = state.log_history[-1] if state.log_history else {}
+            if last.get("step") == state.global_step and "loss" in last:
+                last["noise_ratio"] = ratio
 
         def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self.close()

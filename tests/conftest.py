@@ -7,12 +7,16 @@ from pathlib import Path
 import pytest
 
 PROJ = Path(__file__).resolve().parents[1]
-SHARED = PROJ.parent / "shared" / "data"
 
 
 def real_data_dir() -> Path | None:
-    value = os.environ.get("NEFTLIB_DATA_DIR") or (str(SHARED) if SHARED.is_dir() else "")
-    return Path(value) if value and Path(value).is_dir() else None
+    """The real-data folder the project would read (NEFTLIB_DATA_DIR, or real data placed in data/)."""
+    from neftlib.base.paths import data_dir
+
+    try:
+        return data_dir()
+    except FileNotFoundError:
+        return None
 
 
 @pytest.fixture
@@ -32,7 +36,7 @@ def no_real_data(monkeypatch):
 def data_dir() -> Path:
     found = real_data_dir()
     if found is None:
-        pytest.skip("real data absent: set NEFTLIB_DATA_DIR or place it at ../shared/data")
+        pytest.skip("real data absent: put it in data/ or set NEFTLIB_DATA_DIR (docs/data.md)")
     return found
 
 

@@ -135,17 +135,25 @@ def test_empty_axes_finds_an_empty_panel():
 
 
 def test_readme_figures_are_drawn_from_the_committed_evidence():
+    from matplotlib.collections import LineCollection
+
     from neftlib.analysis import evidence
+    from neftlib.analysis.verdict import seeds_test
 
     made = evidence.figures()
     assert set(made) == {"alpha_sweep", "win_rates", "length_diversity"}
+    docs = (evidence.PROJ_ROOT / "README.md").read_text() + (evidence.PROJ_ROOT / "docs" / "results.md").read_text()
     for name, fig in made.items():
         assert not empty_axes(fig) and not _inside(fig), name
         assert (evidence.OUT / f"{name}.png").stat().st_size > 0, f"docs/figures/{name}.png: run make readme-figures"
-    readme = (evidence.PROJ_ROOT / "README.md").read_text()
-    assert all(f"docs/figures/{name}.png" in readme for name in made)
-    # the sweep's band is the spread (max - min) between its alpha-0 seeds, read from the snapshot it is drawn from
+        assert f"figures/{name}.png" in docs, f"{name}.png is shown neither in the README nor in docs/results.md"
+    # the sweep's bars are the t intervals of the per-seed paired changes, read from the snapshot it is drawn from
     metrics = pd.read_csv(evidence.EVIDENCE / evidence.SNAPSHOTS["alpha_sweep"] / "arm_metrics.csv")
-    base = metrics.loc[(metrics["alpha"] == 0) & (metrics["stage"] == "train"), "train_loss_nonoise"]
+    uni = metrics[(metrics["stage"] == "train") & (metrics["distribution"] == "uniform")]
+    base = uni[uni["alpha"] == 0].set_index("seed")["train_loss_nonoise"]
+    a15 = uni[uni["alpha"] == 15].set_index("seed")["train_loss_nonoise"]
+    test = seeds_test((a15 - base.loc[a15.index]).tolist())
     loss = next(ax for ax in made["alpha_sweep"].axes if ax.get_title().startswith("training loss"))
-    assert len(base) >= 2 and max(p.get_height() for p in loss.patches) / 2 == pytest.approx(base.max() - base.min())
+    bars = [seg for c in loss.collections if isinstance(c, LineCollection) for seg in c.get_segments()]
+    assert any(seg[0][0] == 15 and seg[0][1] == pytest.approx(test.low) and seg[1][1] == pytest.approx(test.high)
+               for seg in bars)

@@ -63,5 +63,72 @@ def test_rehearsal_records_each_part_and_an_error_without_stopping(tmp_path):
     assert bf16["ratio_neftlib_over_hf_trainer"] == pytest.approx(
         lora["tokens_per_s"] / bf16["hf_trainer_neftune"]["tokens_per_s"], rel=1e-3)
     assert bf16["generation"]["batch"] == 32  # gpu-7b's gen_batch_size
+    # the plan of the pretend 16 GiB card: the bf16 LoRA part cannot hold 32 layers; what it scaled is recorded,
+    # each part ran at those sizes, and each part's predicted seconds sit beside its measured ones
+    planned = result["plan"]
+    assert planned["card"]["memory_gib"] == 16 and planned["sizes"]["qlora_layers"] == 32
+    layers = next(c for c in planned["changes"] if c["what"] == "layers")
+    assert layers["from"] == 32 and layers["to"] == planned["sizes"]["layers"] < 32 and "memory" in layers["why"]
+    assert bf16["layers"] == result["sizes"]["layers"] == layers["to"] and qlora["layers"] == 32
+    assert qlora["t4"] is None or qlora["t4"]["projected_to_32_layers"] is False
+    assert all(parts[n]["predicted_s"] > 0 for n in ("random_7b", "qlora_7b", "bf16_7b"))
+    assert f"scaled layers: 32 -> {layers['to']}" in proc.stdout
     assert result["goals"]["neftlib_over_trainer"]["value"] == bf16["ratio_neftlib_over_hf_trainer"]
     assert "full_7b    error" in proc.stdout and "goal bf16_mfu" in proc.stdout  # the printed table
+
+
+# Cards the check should finish on in 10 minutes: (GiB CUDA reports, native bf16, matmul TFLOP/s, memory GB/s)
+CARDS = {"T4": (14.6, False, 40, 280), "16 GB": (15.7, True, 60, 400), "RTX 4090": (23.6, True, 150, 900),
+         "A100 40GB": (39.4, True, 250, 1300), "A100 80GB": (79.2, True, 250, 1700), "H200": (139.8, True, 650, 4000)}
+
+
+@pytest.fixture(scope="module")
+def gpu_check_module():
+    sys.path.insert(0, str(PROJ / "bench"))
+    import gpu_check
+
+    yield gpu_check
+    sys.path.remove(str(PROJ / "bench"))
+
+
+@pytest.mark.parametrize("card", list(CARDS))
+def test_plan_fits_each_card_and_the_budget_and_says_what_it_scaled(tmp_path, gpu_check_module, card):
+    gc = gpu_check_module
+    memory, bf16, tflops, bandwidth = CARDS[card]
+    spec = {"memory_gib": memory, "bf16": bf16, "tflops": tflops, "bandwidth_gb_s": bandwidth}
+    planned = gc.plan(spec, 540, gc.ORDER, folder=tmp_path)
+    sizes, kept = planned["sizes"], planned["parts"]
+    # every part that runs fits the card by the project's own estimates, and all of them fit the budget
+    usable = memory * 2**30 * gc.USABLE
+    mem = gc.part_memory(gc.Shapes(tmp_path), sizes)
+    for part, layers in (("qlora_7b", "qlora_layers"), ("bf16_train", "layers"), ("bf16_generation", "layers"),
+                         ("full_7b", "full_layers")):
+        if sizes[layers]:
+            assert mem[part](sizes[layers]) <= usable, (part, sizes[layers])
+    assert planned["predicted_total_s"] <= 540 * gc.TIME_MARGIN
+    assert sum(planned["limits_s"].values()) > planned["predicted_total_s"]  # limits leave room for a slow part
+    assert {"gpu_tests", "random_7b", "qlora_7b", "bf16_7b", "full_7b"} <= set(kept)  # the most wanted parts run
+    assert set(kept) | set(planned["skipped"]) == set(gc.ORDER)
+    for change in planned["changes"]:
+        assert set(change) == {"what", "from", "to", "why"} and change["from"] != change["to"]
+        assert change["why"].split(":")[0] in ("memory", "time", "the card has no bf16")
+    changed = {c["what"] for c in planned["changes"]}
+    assert ("compute" in changed) == (not bf16) and sizes["compute"] == ("bf16" if bf16 else "fp16")
+    if memory < 20:  # 16 GB: the bf16 LoRA and the full fine-tune on fewer layers, QLoRA on (nearly) all 32
+        assert sizes["layers"] < 32 and sizes["full_layers"] <= 2 and sizes["qlora_layers"] >= 30
+        assert {"layers", "full_layers"} <= changed
+    if memory > 70:
+        assert sizes["layers"] == sizes["qlora_layers"] == 32 and sizes["full_layers"] == 8
+    assert (planned["warning"] is None) == (memory >= gc.SMALLEST_CARD_GIB)
+
+
+def test_bundle_pins_the_replications_versions():
+    import re
+
+    bundle = (PROJ / "bench" / "gpu_bundle.sh").read_text()
+    pinned = dict(re.findall(r"([a-z-]+)==([0-9.]+)", re.search(r'PINNED="([^"]+)"', bundle).group(1)))
+    # the replication's exact versions: constraints.txt where the project keeps them, else pyproject's pins
+    source = PROJ / "constraints.txt" if (PROJ / "constraints.txt").exists() else PROJ / "pyproject.toml"
+    exact = dict(re.findall(r'^"?([A-Za-z0-9_.-]+)==([0-9.]+)', source.read_text().replace('  "', '"'), re.M))
+    exact = {name.lower(): version for name, version in exact.items()}
+    assert "accelerate" in pinned and all(exact.get(name) == version for name, version in pinned.items()), pinned

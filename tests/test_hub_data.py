@@ -50,6 +50,22 @@ def test_any_hub_dataset_with_a_column_mapping(fake_hub):
                                                                              for r in rows)
 
 
+def test_a_pinned_configuration_split_and_revision(fake_hub, results):
+    from neftlib.data.sources import HubPin
+    from neftlib.pipeline.stages import hub_pin
+
+    pin = HubPin(config="plain", split="train[:2]", revision="abc123")
+    _, report = load_instructions("hf:someone/qa", columns={"instruction": "question", "output": "answer"}, hub=pin)
+    assert fake_hub == [("someone/qa", {"split": "train[:2]", "name": "plain", "revision": "abc123"})]
+    assert report.source == "hub:someone/qa (config=plain, split=train[:2], revision=abc123)"
+    # TRL's names of the same settings, as a recipe or --set gives them
+    cfg = load_config("smoke", dataset_name="someone/qa", dataset_config="plain", dataset_train_split="train[:2]",
+                      train_data_revision="abc123")
+    assert cfg.train_data == "hf:someone/qa" and hub_pin(cfg) == pin
+    with pytest.raises(ValueError, match="train_data='mini' is local"):
+        load_config("smoke", train_data_revision="abc123")
+
+
 def test_messages_columns_are_conversations(fake_hub):
     rows, report = load_instructions("hf:someone/chat", drop_bad=True)
     assert rows == [{"instruction": "hi", "input": "", "output": "hello"}]

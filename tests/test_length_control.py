@@ -1,4 +1,4 @@
-"""Length control of the published answers (issue 29): the LC win rate is the logistic fit it claims to be, the raw
+"""Length control of the published answers: the LC win rate is the logistic fit it claims to be, the raw
 win rate is the leaderboard's, differences are paired, missing data is named, and the command writes its evidence."""
 import importlib.machinery
 import json

@@ -122,3 +122,16 @@ def test_force_moves_the_run_aside_and_keeps_the_lock(results: Path) -> None:
         kept = move_aside(folder)
         assert sorted(p.name for p in folder.iterdir()) == [lock.LOCK_NAME]
         assert sorted(p.name for p in kept.iterdir()) == ["config.json", "train"]
+
+
+def test_no_fcntl_needed(results: Path) -> None:
+    """Windows has no fcntl: the lock module imports and works there (filelock picks the platform's lock)."""
+    code = ("import sys, warnings; sys.modules['fcntl'] = None; warnings.simplefilter('ignore')\n"
+            "from neftlib.pipeline import lock\n"
+            "with lock.run_lock(sys.argv[1]) as record: print(record['pid'] == __import__('os').getpid())\n"
+            "print(lock.holder(sys.argv[1]))")
+    done = subprocess.run([sys.executable, "-c", code, str(results / "portable")], capture_output=True, text=True,
+                          env=_env(), timeout=120)
+    assert done.stdout.split() == ["True", "None"], done.stderr
+    source = (PROJ / "neftlib" / "pipeline" / "lock.py").read_text()
+    assert "import fcntl" not in source and lock.guard_path(results / "x") == results / ".x.guard"

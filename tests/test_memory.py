@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from neftlib.base.recipes import load_config
 from neftlib.training.memory import GiB, check_fits, estimate_memory
@@ -80,4 +81,18 @@ def test_check_fits_names_the_parts_and_the_fixes(monkeypatch):
     monkeypatch.setattr(memory, "available_bytes", lambda device=None: (1 * GiB, "RAM"))
     with pytest.raises(MemoryError, match=r"needs about .* GiB to train \(weights .*optimizer.*\); RAM has 1.0 GiB "
                                           r"free. Use method='qlora'"):
+        check_fits(load_config("cpu"))
+
+
+def test_check_fits_names_memory_an_earlier_model_still_holds(monkeypatch):
+    """When this process's GPU memory is held by an earlier arm's model, the fix is to let go of it."""
+    import neftlib.training.memory as memory
+
+    if not torch.cuda.is_available():
+        assert memory.held_bytes() == 0  # a CPU holds no GPU memory
+    monkeypatch.setattr(memory, "available_bytes", lambda device=None: (1 * GiB, "GPU"))
+    monkeypatch.setattr(memory, "held_bytes", lambda device=None: int(5.9 * GiB))
+    with pytest.raises(MemoryError, match=r"GPU has 1.0 GiB free. This process already holds 5.9 GiB of GPU memory: "
+                                          r"a model of an earlier arm or stage is still referenced.*Otherwise use "
+                                          r"method='qlora'"):
         check_fits(load_config("cpu"))

@@ -403,6 +403,40 @@ def test_callback_in_trainer(tmp_path) -> None:
         assert (noise[ids != 0].abs().sum(-1) > 0).all()
 
 
+def test_callback_puts_the_noise_ratio_in_trainers_logs(tmp_path) -> None:
+    """Plain Trainer: noise_ratio in log_history and for the callbacks after NEFTuneCallback, TensorBoard's too."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers.integrations import TensorBoardCallback
+
+    from neftlib.noise import NEFTuneCallback
+
+    rows = []
+    for L in (8, 5, 3, 8):
+        ids, mask = batch(8, (L,))
+        rows.append({"input_ids": ids[0], "attention_mask": mask[0], "labels": ids[0].masked_fill(mask[0] == 0, -100)})
+    seen = []
+
+    class After(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            seen.append(logs.get("noise_ratio"))
+
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=2, use_cpu=True,
+                             report_to="none", save_strategy="no",
+                             logging_steps=1, seed=1)
+    trainer = Trainer(model=tiny_llama(), args=args, train_dataset=rows,
+                      callbacks=[NEFTuneCallback(ALPHA), After(), TensorBoardCallback()])
+    trainer.train()
+    logged = [h["noise_ratio"] for h in trainer.state.log_history if "loss" in h]
+    assert len(logged) == 3 and all(r > 0 for r in logged) and seen[:3] == logged
+    assert seen[3] is None  # the run's closing summary is no training step
+    (events,) = list(tmp_path.rglob("events.out.tfevents.*"))
+    scalars = EventAccumulator(str(events.parent))
+    scalars.Reload()
+    assert [e.value for e in scalars.Scalars("train/noise_ratio")] == pytest.approx(logged)
+
+
 def test_callback_seeding_and_refusal(model) -> None:
     from neftlib.noise import NEFTuneCallback
 

@@ -176,6 +176,14 @@ def test_every_executed_notebook_shows_a_figure_and_what_the_run_shows(smoke_run
         assert last and len("".join(last[0]["data"]["text/markdown"])) > 40, f"{name}: nothing computed at the end"
 
 
+def test_noise_free_training_loss_is_measured_on_rows_the_arm_trained_on(smoke_run):
+    root, _, _ = smoke_run
+    for stage in ("train", "qlora"):
+        summary = pd.read_csv(root / "results" / "smoke" / stage / "summary.csv")
+        assert (summary["train_nonoise_rows"] <= summary["examples"]).all(), stage
+        assert (summary["train_nonoise_rows"] > 0).all()
+
+
 def test_no_transport_or_progress_noise(smoke_run):
     root, _, proc = smoke_run
     assert "without encryption" not in proc.stderr

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import weakref
 from pathlib import Path
 
 import pandas as pd
@@ -69,16 +70,50 @@ def _fake_trained_arms(cfg, arms):
         mark_done(folder)
 
 
-def test_evaluation_stage_writes_openllm_and_the_full_win_rate_table(results):
+def _watch_judge_and_lm_eval(monkeypatch) -> tuple[list, list, list]:
+    """Weak references to each judge's model (and whether its forwards returned a KV cache), and what
+    lm-eval was handed: whether the judge was still alive then, the batch size, the model's use_cache."""
+    import neftlib.evaluation.openllm as openllm
+    import neftlib.evaluation.stage as stage
+
+    judges, judge_caches, lm_eval_calls = [], [], []
+    real_judge, real_tasks = stage.make_judge, openllm.run_tasks
+
+    def make_judge(cfg):
+        judge = real_judge(cfg)
+        judges.append(weakref.ref(judge.model))
+        judge.model.register_forward_hook(lambda mod, args, out: judge_caches.append(out.past_key_values))
+        return judge
+
+    def run_tasks(model, tokenizer, tasks, **kwargs):
+        with torch.no_grad():
+            cached = model(torch.tensor([[1, 2, 3]], device=model.device)).past_key_values
+        lm_eval_calls.append({"judge_alive": any(ref() is not None for ref in judges), "cache": cached,
+                              "use_cache": model.config.use_cache, "batch_size": kwargs["batch_size"]})
+        return real_tasks(model, tokenizer, tasks, **kwargs)
+
+    monkeypatch.setattr(stage, "make_judge", make_judge)
+    monkeypatch.setattr(openllm, "run_tasks", run_tasks)
+    return judges, judge_caches, lm_eval_calls
+
+
+def test_evaluation_stage_writes_openllm_and_the_full_win_rate_table(results, monkeypatch):
     from neftlib.evaluation.stage import evaluate
     from neftlib.pipeline.stages import prepare_data, stage_dir, start_run
 
     arms = ("baseline", "neftune")
-    cfg = start_run("smoke", "openllm", arms=arms, qlora_arms=(), length_arms=(), openllm_tasks=f"{TASK}:2")
+    cfg = start_run("smoke", "openllm", arms=arms, qlora_arms=(), length_arms=(), openllm_tasks=f"{TASK}:2",
+                    openllm_batch_size=3)
     prepare_data(cfg)
     _fake_trained_arms(cfg, arms)
+    judges, judge_caches, lm_eval_calls = _watch_judge_and_lm_eval(monkeypatch)
 
     wins = evaluate(cfg, progress=False)
+    # the judge scored with plain forwards that kept no KV cache, and was gone before lm-eval started;
+    # lm-eval ran with its own batch size (not gen_batch_size's 6) on arms whose forwards keep no cache
+    assert len(judges) == 1 and judge_caches and all(c is None for c in judge_caches)
+    assert [c["judge_alive"] for c in lm_eval_calls] == [False, False]
+    assert all(c["batch_size"] == 3 and c["use_cache"] is False and c["cache"] is None for c in lm_eval_calls)
     # every arm's win rate comes with its error bars, its length-controlled twin, its length and judge agreement
     for col in ("win_rate", "win_rate_soft", "standard_error", "ci_low", "ci_high", "lc_win_rate_approx",
                 "avg_length", "n_clipped", "judge_agreement", "agreement_n"):
@@ -100,3 +135,28 @@ def test_evaluation_stage_writes_openllm_and_the_full_win_rate_table(results):
     assert len(rows) == 1 and rows[0]["part"] == "neftlib_tiny_mc accuracy"
     assert rows[0]["baseline"] == pytest.approx(100 * table["value"].iloc[0])
     assert rows[0]["difference"] == pytest.approx(100 * (table["value"].iloc[1] - table["value"].iloc[0]))
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_trained_adapters_score_without_a_kv_cache_and_still_generate_with_one(tmp_path, method):
+    """A LoRA / QLoRA arm's base config says use_cache=True: load_trained turns it off for plain forwards
+    (lm-eval, the losses of 05); generate() keeps its cache, so answers do not slow down."""
+    from neftlib.base.config import qlora_config
+    from neftlib.training.models import load_model
+    from neftlib.training.train import load_trained
+
+    if method == "qlora":
+        pytest.importorskip("bitsandbytes")
+    cfg = load_config("smoke", method="lora")
+    cfg = qlora_config(cfg) if method == "qlora" else cfg
+    load_model(cfg.model, method="lora", lora_r=4, lora_targets=cfg.lora_targets).save_pretrained(
+        tmp_path / "arm" / "model")
+    model = load_trained(cfg, tmp_path / "arm")
+    assert model.config.use_cache is False and model.get_base_model().config.use_cache is False
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        assert model(input_ids=ids).past_key_values is None
+    seen = []
+    model.get_base_model().model.register_forward_hook(lambda mod, args, out: seen.append(out.past_key_values))
+    model.generate(input_ids=ids, max_new_tokens=3, do_sample=False)
+    assert len(seen) == 3 and all(c is not None for c in seen)  # one forward per new token, each with the cache

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,8 @@ from neftlib.base.config import RunConfig, qlora_config
 from neftlib.base.paths import RECIPES_DIR
 from neftlib.base.profiles import PROFILES
 from neftlib.base.recipes import load_config, parse_sets, read_recipe, recipe_text, split_seed_alpha
+
+PROJ = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("profile", list(PROFILES))
@@ -148,3 +154,106 @@ def test_run_hands_recipe_and_sets_to_every_notebook(tmp_path, results, monkeypa
     assert cfg.run_name == "tiny" and cfg.max_steps == 2 and cfg.learning_rate == 2e-3 and cfg.seed == 3
     assert cfg.arms == ("baseline", "neftune")
     assert json.loads((results / "tiny" / "config.json").read_text())["learning_rate"] == 2e-3
+
+
+# ---------- TRL / TrainingArguments names, `neftlib config`, checks before torch ----------
+
+def test_trl_names_are_aliases_everywhere_a_setting_is_named(tmp_path):
+    sets = parse_sets(["neftune_noise_alpha=7", "num_train_epochs=2", "per_device_train_batch_size=4",
+                       "gradient_accumulation_steps=2", "model_name_or_path=HuggingFaceTB/SmolLM2-360M",
+                       "report_to=tensorboard,wandb", "dataset_name=tatsu-lab/alpaca"])
+    sets, _, alpha = split_seed_alpha(sets, None, None)
+    cfg = load_config("smoke", alpha=alpha, **sets)
+    assert (cfg.alpha, cfg.epochs, cfg.batch_size, cfg.grad_accum) == (7.0, 2.0, 4, 2)
+    assert cfg.model == "HuggingFaceTB/SmolLM2-360M" and cfg.train_data == "hf:tatsu-lab/alpaca"
+    assert cfg.report_to == ["tensorboard", "wandb"]
+    # a recipe in TRL's words, the QLoRA stage's settings included
+    (tmp_path / "trl.yaml").write_text("profile: smoke\nnum_train_epochs: 3\nlora_target_modules: [q_proj, v_proj]\n"
+                                       "report_to: [tensorboard]\nqlora: {method: qlora, max_seq_length: 64}\n")
+    cfg = load_config(config=tmp_path / "trl.yaml")
+    assert cfg.epochs == 3.0 and cfg.lora_targets == ("q_proj", "v_proj") and cfg.report_to == ["tensorboard"]
+    assert qlora_config(cfg).max_length == 64
+    assert load_config("smoke", report_to="tensorboard").report_to == ["tensorboard"]  # one name, as Trainer takes
+
+
+@pytest.mark.parametrize("items, message", [
+    (["per_device_train_batch_sizes=4"], r"did you mean per_device_train_batch_size \(= batch_size\)"),
+    (["bf16=true"], r"TRL / TrainingArguments' bf16 has no setting of its own here; use precision=bf16"),
+    (["load_in_4bit=true"], r"use method=qlora"),
+    (["epochs=2", "num_train_epochs=3"], r"--set epochs \(as num_train_epochs\) given twice"),
+])
+def test_trl_names_without_a_setting_point_to_the_right_one(items, message):
+    with pytest.raises(ValueError, match=message):
+        parse_sets(items)
+
+
+def test_same_setting_under_two_names_in_a_recipe(tmp_path):
+    (tmp_path / "twice.yaml").write_text("alpha: 5\nneftune_noise_alpha: 7\n")
+    with pytest.raises(ValueError, match=r"alpha in .*twice.yaml given twice, as alpha=5 and neftune_noise_alpha=7"):
+        load_config(config=tmp_path / "twice.yaml")
+
+
+def _without_torch(code: str) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter that then prints which heavy modules it imported."""
+    probe = code + "\nimport sys; print('IMPORTED', sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=PROJ,
+                          env={**os.environ, "PYTHONPATH": str(PROJ)})
+
+
+def test_config_command_prints_the_resolved_settings_without_torch():
+    done = _without_torch("from neftlib.__main__ import main\n"
+                          "rc = main(['config', '--profile', 'smoke', '--set', 'neftune_noise_alpha=7', "
+                          "'--set', 'num_train_epochs=2'])")
+    assert done.returncode == 0, done.stderr
+    text, _, imported = done.stdout.rpartition("IMPORTED")
+    assert imported.strip() == "[]"
+    printed = yaml.safe_load(text)
+    assert printed["alpha"] == 7.0 and printed["epochs"] == 2.0 and printed["profile"] == "smoke"
+    assert printed == json.loads(json.dumps(load_config("smoke", alpha=7, epochs=2).to_dict()))  # tuples as lists
+    assert "alpha: 7.0  # noise alpha" in text and "(TRL / TrainingArguments: neftune_noise_alpha)" in text
+
+
+@pytest.mark.parametrize("command", ["run", "train", "config"])
+def test_a_bad_set_is_named_before_torch_is_imported(command, results):
+    done = _without_torch("from neftlib.__main__ import main\n"
+                          f"rc = main(['{command}', '--profile', 'smoke', '--run', 'typo', "
+                          "'--set', 'per_device_train_batch_sizes=4'])\nprint('RC', rc)")
+    assert "RC 2" in done.stdout and "IMPORTED []" in done.stdout, done.stdout + done.stderr
+    assert "did you mean per_device_train_batch_size (= batch_size)" in done.stderr
+    # a combination only the whole config can refuse is caught as early
+    done = _without_torch("from neftlib.__main__ import main\n"
+                          f"rc = main(['{command}', '--profile', 'smoke', '--set', 'arms=baseline', "
+                          "'--set', 'length_arms=min-new-tokens', '--set', 'arms=neftune'])\nprint('RC', rc)")
+    assert "RC 2" in done.stdout and "IMPORTED []" in done.stdout
+    done = _without_torch("from neftlib.__main__ import main\n"
+                          f"rc = main(['{command}', '--profile', 'smoke', '--set', 'arms=neftune', "
+                          "'--set', 'length_arms=min-new-tokens'])\nprint('RC', rc)")
+    assert "RC 2" in done.stdout and "IMPORTED []" in done.stdout and "no alpha-0 arm" in done.stderr
+
+
+def test_model_revision_reaches_every_load_of_the_runs_model(results, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from neftlib.pipeline.stages import start_run
+    from neftlib.training import models
+
+    with pytest.raises(ValueError, match="model_revision='abc' pins a hub model"):
+        load_config("smoke", model_revision="abc")
+    seen = []
+
+    def loaded(name, **kwargs):  # stands in for the hub: records what each load asked for
+        seen.append((str(name), kwargs.get("revision")))
+        return types.SimpleNamespace(pad_token="<pad>")
+
+    for cls in (AutoModelForCausalLM, AutoTokenizer):
+        monkeypatch.setattr(cls, "from_pretrained", loaded)
+    cfg = start_run("smoke", "pinned", model="someone/model", model_revision="0123abc")
+    try:
+        assert models.REVISIONS == {"someone/model": "0123abc"}
+        models.load_base(cfg.model)
+        models.load_tokenizer(cfg.model)
+        models.load_tokenizer("tiny-random")  # other models load as before
+        assert seen[:2] == [("someone/model", "0123abc")] * 2 and seen[2][1] is None
+    finally:
+        models.pin_revision("someone/model", "")
+    assert models.REVISIONS == {}

@@ -14,7 +14,9 @@ from neftlib.base.io import write_csv, write_json
 from neftlib.evaluation.textstats import length_diversity_table, log_diversity, whitespace_tokens
 from neftlib.evaluation.winrate import bootstrap_ci
 
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_eval"
+from conftest import real_data_dir  # noqa: E402
+
+REAL_DATA = (real_data_dir() or Path("/nonexistent")) / "alpaca_eval"
 
 
 # ---------- intervals and measures (the rule itself: tests/test_verdict.py) ----------
@@ -170,7 +172,7 @@ def test_published_table_says_why_it_is_skipped(monkeypatch):
     assert len(table) == 4 and table["status"].str.contains("NEFTLIB_DATA_DIR is not set").all()
 
 
-@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="needs the published AlpacaEval answers in ../shared/data")
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="needs the published AlpacaEval answers in the real-data folder (docs/data.md)")
 def test_published_table_on_the_papers_answers(monkeypatch):
     from neftlib.analysis.overfitting import published_table
 
@@ -329,7 +331,7 @@ def test_every_paper_table_is_named_and_judged():
     assert STATEMENTS["gaussian"][0] == "Table 6" and "1062 -> 1371" in STATEMENTS["gaussian"][2]
 
 
-@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="needs the published AlpacaEval answers in ../shared/data")
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="needs the published AlpacaEval answers in the real-data folder (docs/data.md)")
 def test_published_answers_are_measured_beside_table5(results, monkeypatch):
     """The paper's published Alpaca-7B / Alpaca-7B-NEFT answers (LLaMA-1), measured here, sit beside Table 5's
     Alpaca-7B -> Alpaca-7B-NEFT row: same family and data, both judged by GPT-4."""
@@ -352,7 +354,7 @@ def test_published_answers_are_measured_beside_table5(results, monkeypatch):
     assert div["paper_before"] == 15.97 and 10 < div["ours_before"] < 20
 
 
-@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="needs the published AlpacaEval answers in ../shared/data")
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="needs the published AlpacaEval answers in the real-data folder (docs/data.md)")
 def test_published_win_rates_are_compared_paired(monkeypatch):
     from neftlib.analysis.report import published_win_row
 

@@ -2,6 +2,7 @@
 import gc
 import json
 import math
+import types
 import weakref
 
 import pandas as pd
@@ -13,6 +14,7 @@ import neftlib.training.train as train_mod
 from neftlib.base.config import qlora_config
 from neftlib.base.recipes import load_config
 from neftlib.data.prepare import load_instructions, tokenize_rows
+from neftlib.training.models import load_base
 from neftlib.training.train import train
 
 
@@ -126,6 +128,9 @@ def test_qlora_trains_only_adapters_on_a_4bit_base(tmp_path, examples, tokenizer
     cfg = qlora_config(_cfg())
     summary = _run(cfg, "neftune", examples, tmp_path / "q", tokenizer)
     assert 0 < summary["trainable_params"] < summary["total_params"] / 10
+    # 4-bit weights count by their values (two per packed byte): the base model's parameters plus the adapters
+    base = sum(p.numel() for p in load_base("tiny-random").parameters())
+    assert summary["total_params"] == base + summary["trainable_params"]
     model = train_mod.load_trained(cfg, tmp_path / "q")
     assert any("Linear4bit" in type(m).__name__ for m in model.modules())
 
@@ -159,6 +164,26 @@ def test_gradient_checkpointing_keeps_our_use_reentrant_choice(tmp_path, example
     cfg = qlora_config(_cfg(max_steps=1, save_every=100, gradient_checkpointing=True))
     train(cfg, cfg.for_arm("neftune"), examples, tmp_path / "gc", pad_id=tokenizer.pad_token_id, progress=False)
     assert len(seen) >= 2 and set(seen) == {False}  # both layers of the tiny model, in the one step
+
+
+def test_under_fsdp_checkpointing_is_fsdps_own(tmp_path, monkeypatch):
+    """configs/accelerate/fsdp_7b.yaml checkpoints activations in FSDP; Trainer's is then left off (it would
+    all-gather each layer's weights again in the backward pass). Without FSDP the profile's setting holds."""
+    import yaml
+
+    from neftlib.base.paths import PROJ_ROOT
+
+    fsdp = yaml.safe_load((PROJ_ROOT / "configs" / "accelerate" / "fsdp_7b.yaml").read_text())["fsdp_config"]
+    assert fsdp["fsdp_activation_checkpointing"] is True
+    cfg = _cfg(gradient_checkpointing=True)
+    args = train_mod.training_arguments(cfg, tmp_path, world=1, progress=False)
+    assert args.activation_checkpointing is True and args.activation_checkpointing_kwargs == {"use_reentrant": False}
+    # what `accelerate launch --config_file configs/accelerate/fsdp_7b.yaml` puts in each rank's environment
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_ACTIVATION_CHECKPOINTING", "true")
+    assert train_mod.fsdp_checkpoints() and not train_mod.trainer_checkpoints(cfg)
+    monkeypatch.setenv("FSDP_ACTIVATION_CHECKPOINTING", "false")  # an FSDP config that leaves it to Trainer
+    assert train_mod.trainer_checkpoints(cfg) and not train_mod.trainer_checkpoints(_cfg())
 
 
 def test_padding_free_batches_match_padded_ones(tmp_path, examples, tokenizer, monkeypatch):
@@ -195,26 +220,122 @@ def test_logging_steps_rows_and_tensorboard_events(tmp_path, examples, tokenizer
     _run(cfg, "neftune", examples, tmp_path / "tb", tokenizer)
     log = _log(tmp_path / "tb")
     assert list(log["step"]) == [2, 4, 6] and (log["noise_ratio"] > 0).all()
-    assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+    (events,) = list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+    # log.csv's noise ratio and throughput are in Trainer's logs too: TensorBoard (and W&B) record them
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = EventAccumulator(str(events.parent))
+    scalars.Reload()
+    for key in ("noise_ratio", "tokens_per_s"):
+        written = scalars.Scalars(f"train/{key}")
+        assert [e.step for e in written] == [2, 4, 6]
+        assert [e.value for e in written] == pytest.approx(list(log[key]), rel=1e-6)
 
 
-def test_an_arm_lets_go_of_its_model_and_deterministic_mode(tmp_path, examples, tokenizer, monkeypatch):
-    """After train() returns nothing holds the arm's model (accelerate's prepare makes it refer to itself),
-    and deterministic kernels were on for training only."""
+@pytest.fixture
+def no_garbage_collection(monkeypatch):
+    """Neither the automatic collector nor any gc.collect() (ours, accelerate's) runs: whatever is freed is
+    freed by reference counting, so a reference cycle left behind keeps its objects alive."""
+    monkeypatch.setattr(gc, "collect", lambda generation=2: 0)
+    enabled = gc.isenabled()
+    gc.disable()
+    yield
+    if enabled:
+        gc.enable()
+
+
+@pytest.fixture
+def fp16_loss_scaler_on_cpu(monkeypatch) -> list:
+    """accelerate runs fp16 only on accelerators (on CPU Trainer's fp16 trains in fp32, with no loss scaler):
+    give its Accelerator fp16 autocast and torch's CPU GradScaler, so training takes the GPU's fp16 path (the
+    scaled backward, the unscale before clipping, the scaler's patched optimizer step). Returns the scalers."""
+    from accelerate import Accelerator
+
+    scalers, real = [], Accelerator.__init__
+
+    def init(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        if self.state.mixed_precision == "fp16" and self.device.type == "cpu":
+            self.native_amp, self.scaler = True, torch.amp.GradScaler("cpu")
+            scalers.append(self.scaler)
+
+    monkeypatch.setattr(Accelerator, "__init__", init)
+    return scalers
+
+
+def _watch_models(monkeypatch) -> tuple[list, list]:
+    """Weak references to each loaded model and to one of its trainable parameters (which the optimizer's
+    state refers to), and whether deterministic kernels were on in each of its forwards."""
     refs, modes, real = [], [], train_mod.load_model
 
     def load_and_watch(*args, **kwargs):
         model = real(*args, **kwargs)
-        refs.append(weakref.ref(model))
+        trainable = next(p for p in model.parameters() if p.requires_grad)
+        refs.extend([weakref.ref(model), weakref.ref(trainable)])
         model.register_forward_hook(lambda *a: modes.append(torch.are_deterministic_algorithms_enabled()))
         return model
 
     monkeypatch.setattr(train_mod, "load_model", load_and_watch)
+    return refs, modes
+
+
+def test_an_arm_lets_go_of_its_model_and_deterministic_mode(tmp_path, examples, tokenizer, monkeypatch,
+                                                            no_garbage_collection):
+    """After train() returns nothing holds the arm's model, and deterministic kernels were on for training only."""
+    refs, modes = _watch_models(monkeypatch)
     before = torch.are_deterministic_algorithms_enabled()
     _run(_cfg(max_steps=2, save_every=100), "neftune", examples, tmp_path / "m", tokenizer)
-    gc.collect()
-    assert refs and refs[0]() is None
+    assert refs and all(ref() is None for ref in refs)
     assert modes and all(modes[:2]) and torch.are_deterministic_algorithms_enabled() == before
+
+
+@pytest.mark.parametrize("precision,method", [("bf16", "full"), ("fp16", "full"), ("bf16", "qlora"),
+                                              ("fp16", "qlora")])
+def test_mixed_precision_arm_is_freed_without_a_garbage_collection(tmp_path, examples, tokenizer, monkeypatch,
+                                                                   no_garbage_collection, fp16_loss_scaler_on_cpu,
+                                                                   precision, method):
+    """accelerate binds its autocast forward onto the model and, for fp16, step methods onto the optimizer:
+    reference cycles. train() breaks them, so the model and the optimizer's parameters are gone when it
+    returns, with no collection anywhere."""
+    refs, _ = _watch_models(monkeypatch)
+    cfg = _cfg(precision=precision, max_steps=2, save_every=100)
+    if method == "qlora":
+        pytest.importorskip("bitsandbytes")
+        cfg = qlora_config(cfg)
+    summary = _run(cfg, "neftune", examples, tmp_path / "m", tokenizer)
+    assert summary["steps"] == cfg.max_steps and math.isfinite(summary["final_loss"])
+    if precision == "fp16":  # the loss scaler did scale the losses
+        assert fp16_loss_scaler_on_cpu and fp16_loss_scaler_on_cpu[0].get_scale() > 0
+    assert len(refs) == 2 and refs[0]() is None and refs[1]() is None
+
+
+def test_release_unbinds_what_accelerate_bound(tmp_path):
+    """The cycles themselves: accelerate's prepared model and fp16 optimizer refer to themselves; after
+    unbind_accelerate / unbind_optimizer, dropping them frees them by reference counting."""
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gc, "collect", lambda generation=2: 0)
+        gc.disable()
+        try:
+            for fix in (False, True):
+                model = torch.nn.Linear(2, 2)
+                model._original_forward = model.forward  # what accelerate's prepare_model does under autocast
+                model.forward = types.MethodType(type(model).forward, model)
+                inner = torch.optim.AdamW(model.parameters())
+                scaler = torch.amp.GradScaler("cpu")
+                opt = AcceleratedOptimizer(inner, device_placement=False, scaler=scaler)
+                scaler.scale(model(torch.ones(1, 2)).sum()).backward()
+                opt.step()  # stores the inner optimizer's bound step on itself
+                if fix:
+                    train_mod.unbind_accelerate(model)
+                    train_mod.unbind_optimizer(opt)
+                refs = [weakref.ref(model), weakref.ref(inner)]
+                del model, inner, opt, scaler
+                assert [r() is None for r in refs] == [fix, fix]
+        finally:
+            gc.enable()
+            gc.collect()
 
 
 def test_effective_batch_sets_grad_accum_or_is_refused():

@@ -1,5 +1,6 @@
 """NEFTuneCallback under TRL's SFTTrainer with packing (padding-free rows): each packed example gets NEFTune's
-noise for its own length; transformers' built-in neftune_noise_alpha scales by the whole row instead."""
+noise for its own length; transformers' built-in neftune_noise_alpha scales by the whole row instead. Also
+padding_free without packing, bfd_split, pad_to_multiple_of and wrapped packing, and a resumed SFTTrainer."""
 from __future__ import annotations
 
 import math
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("trl", reason="TRL is an optional extra: pip install '.[trl]' (make test installs it)")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -86,3 +88,83 @@ def test_callback_refuses_to_stack_on_the_builtin(tmp_path):
     with pytest.raises(RuntimeError, match="would stack"):
         trainer.train()
     assert trainer.state.global_step == 0  # refused before any step
+
+
+# ---------- the other ways TRL lays out a batch ----------
+
+def _noised_segments(tmp_path, **config) -> tuple[list[int], torch.Tensor, int, dict]:
+    """(segment lengths, (draws, segments) squared noise norms, hidden size, the batch) for the first batch that
+    SFTTrainer builds with `config`, noised by NEFTuneCallback as a training run attaches it."""
+    from neftlib.noise import NEFTuneCallback
+
+    trainer = tpn.sft_trainer(str(tmp_path), **config)
+    batch = next(iter(trainer.get_train_dataloader()))
+    callback = NEFTuneCallback(ALPHA)
+    callback.on_train_begin(trainer.args, trainer.state, trainer.control, model=trainer.model)
+    try:
+        sq = tpn.segment_sq_norms(trainer.model, batch, DRAWS)
+    finally:
+        callback.close()
+    spans = tpn.segments(batch["position_ids"]) if "position_ids" in batch else [(0, batch["input_ids"].shape[1])]
+    return [e - s for s, e in spans], sq, trainer.model.get_input_embeddings().embedding_dim, batch
+
+
+def _each_gets_alpha_squared_over_three(lengths: list[int], sq: torch.Tensor, d: int) -> None:
+    for i, L in enumerate(lengths):
+        se = _sq_norm_se(ALPHA**2 / (L * d), L * d, DRAWS)
+        assert abs(sq[:, i].mean().item() - ALPHA**2 / 3) < 6 * se, (i, L, sq[:, i].mean().item())
+
+
+def test_padding_free_without_packing(tmp_path):
+    """padding_free=True alone: the batch's examples flattened into one row, positions restarting per example."""
+    lengths, sq, d, batch = _noised_segments(tmp_path, packing=False, padding_free=True, max_length=None,
+                                             per_device_train_batch_size=tpn.EXAMPLES)
+    assert "attention_mask" not in batch and len(lengths) == tpn.EXAMPLES
+    _each_gets_alpha_squared_over_three(lengths, sq, d)
+
+
+def test_bfd_split_noises_each_chunk_of_a_split_example_by_the_chunks_length(tmp_path):
+    """bfd_split cuts an example longer than max_length into chunks that TRL packs as examples of their own
+    (positions restart): each chunk gets NEFTune's alpha^2 / 3, scaled by its own length."""
+    lengths, sq, d, _ = _noised_segments(tmp_path, packing_strategy="bfd_split", max_length=128,
+                                         per_device_train_batch_size=tpn.EXAMPLES)
+    assert max(lengths) == 128 and len(lengths) > tpn.EXAMPLES  # the long examples were split
+    _each_gets_alpha_squared_over_three(lengths, sq, d)
+
+
+def test_pad_to_multiple_of(tmp_path):
+    """pad_to_multiple_of pads the padding-free row at its end; TRL gives every pad position 0, so each pad is a
+    one-token sequence of its own: noised as one (alpha^2 / 3), outside the loss and seen by no real token.
+    The real examples get exactly the noise they get without the padding."""
+    lengths, sq, d, batch = _noised_segments(tmp_path, pad_to_multiple_of=64)
+    real = tpn.EXAMPLES
+    assert batch["input_ids"].shape[1] % 64 == 0 and lengths[real:] == [1] * (len(lengths) - real)
+    assert (batch["labels"][0, sum(lengths[:real]):] == -100).all()
+    _each_gets_alpha_squared_over_three(lengths, sq, d)
+
+
+def test_wrapped_packing_has_no_boundaries(tmp_path):
+    """`wrapped` concatenates examples and cuts the stream every max_length tokens, with no position_ids and an
+    all-ones attention mask: the model sees each chunk as one sequence, and so does the noise. A chunk gets
+    alpha^2 / 3 in all, scaled by the chunk's length, not by the lengths of the pieces of examples in it."""
+    lengths, sq, d, batch = _noised_segments(tmp_path, packing_strategy="wrapped", max_length=128)
+    assert "position_ids" not in batch and batch["attention_mask"].all() and lengths == [128]
+    _each_gets_alpha_squared_over_three(lengths, sq, d)
+
+
+def test_resumed_sft_trainer_continues_the_noise_stream(tmp_path):
+    """A plain SFTTrainer resumed from a checkpoint draws the noise the uninterrupted run draws: the generator's
+    state travels in the checkpoint (noise_rng_state_0.pth)."""
+    from neftlib.noise import NEFTuneCallback
+
+    whole = NEFTuneCallback(ALPHA)
+    tpn.sft_trainer(str(tmp_path / "whole"), callbacks=(whole,), max_steps=2, save_strategy="steps",
+                    save_steps=1).train()
+    assert (tmp_path / "whole" / "checkpoint-1" / "noise_rng_state_0.pth").is_file()
+    resumed = NEFTuneCallback(ALPHA)
+    tpn.sft_trainer(str(tmp_path / "whole"), callbacks=(resumed,), max_steps=2, save_strategy="no").train(
+        resume_from_checkpoint=str(tmp_path / "whole" / "checkpoint-1"))
+    assert torch.equal(resumed.handle.rng_state(), whole.handle.rng_state())
+    fresh = NEFTuneCallback(ALPHA)  # what a resume without the saved state would draw: the first step's noise again
+    tpn.sft_trainer(str(tmp_path / "fresh"), callbacks=(fresh,), max_steps=1).train()
+    assert not torch.equal(fresh.handle.rng_state(), whole.handle.rng_state())

@@ -22,7 +22,7 @@ from neftlib.evaluation.winrate import (
 
 def _data_dir() -> Path:
     env = os.environ.get("NEFTLIB_DATA_DIR", "").strip()
-    return Path(env) if env else Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "data"
 
 
 def _annotations(model: str) -> Path:

@@ -22,36 +22,13 @@ import pandas as pd
 from neftlib.analysis.verdict import CALIBRATION_SHARE, calibration_passes, decided_share, paired_interval
 from neftlib.base.io import read_json, write_csv, write_json
 from neftlib.base.paths import data_dir, run_dir
+from neftlib.evaluation.agreement import check_references, reference_file
 from neftlib.evaluation.judge import Judgments, LocalJudge, vote
 from neftlib.evaluation.winrate import discrete_preference, load_annotations
 from neftlib.training.models import load_base, load_tokenizer
 
 PAIR = ("alpaca-7b", "alpaca-7b-neft")  # the paper's own before / after pair (LLaMA-1-7B on Alpaca)
 COLUMNS = ("model", "n_prompts", "local_win_rate", "local_win_rate_soft", "gpt4_win_rate", "length_baseline_win_rate")
-
-
-def reference_file(root: Path) -> Path:
-    return Path(root) / "alpaca_eval" / "text_davinci_003.json"
-
-
-def check_references(root: Path, models: tuple[str, ...] = PAIR) -> int:
-    """The reference answers are the ones GPT-4 judged the published models against (`output_1` of their
-    annotations), prompt by prompt; returns the number of prompts checked. A mismatch names the file and the fix."""
-    refs = read_json(reference_file(root))
-    for model in models:
-        path = Path(root) / "alpaca_eval" / model / "annotations_alpaca_eval_gpt4.json"
-        if not path.exists():
-            continue
-        notes = load_annotations(path)
-        differ = [i for i, (r, a) in enumerate(zip(refs, notes)) if r["output"] != a["output_1"]
-                  or r["instruction"] != a["instruction"]]
-        if differ or len(refs) != len(notes):
-            raise ValueError(
-                f"{reference_file(root)}: {len(differ)} of {len(notes)} reference answers differ from the ones GPT-4 "
-                f"judged {model} against ({path}, output_1), first at row {differ[0] if differ else len(notes)}: "
-                "replace the file with the annotations' output_1 answers, or every win rate is measured against "
-                "another baseline than the paper's")
-    return len(refs)
 
 
 def _gpt4_values(path: Path) -> np.ndarray:
@@ -142,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         print("calibration needs the published answers: set NEFTLIB_DATA_DIR to the real-data folder (docs/data.md)",
               file=sys.stderr)
         return 2
-    n_total = check_references(root)
+    n_total = check_references(root, PAIR)
     prompts = choose_prompts(n_total, args.prompts, args.seed)
     judge = LocalJudge(load_base(args.judge_model), load_tokenizer(args.judge_model), name=f"local:{args.judge_model}")
     values = judge_published(judge, root, prompts, cache=run_dir("judge-calibration") / "cache")

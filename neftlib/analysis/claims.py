@@ -180,6 +180,7 @@ CLAIMS = {
     "overlap": "Lower ROUGE-L / BLEU on training prompts",
     "length_diversity": "Longer answers with unchanged diversity",
     "gaussian": "Gaussian noise: longer answers without the gain",
+    "length_not_all": "The gain is not explained by answer length",
 }
 WIN_BASIS = "paired bootstrap 95% interval of the difference over the prompts judged for both arms (discrete votes)"
 PAIRED_BASIS = "paired bootstrap 95% interval of the difference (BCa)"
@@ -242,7 +243,10 @@ def finalize(evidence: pd.DataFrame, calibrated: bool | None = None) -> pd.DataF
             ev.at[i, "detectable_effect"] = math.nan
             ev.at[i, "note"] = f"{ev.at[i, 'note']}; {why}".lstrip("; ")
     tested = (~published) & (ev["design"] != "") & (ev["verdict"] == "") & ev["p_value"].notna()
-    ev.loc[tested, "p_holm"] = holm(ev.loc[tested, "p_value"].to_numpy(float))
+    scopes = ev.get("scope", pd.Series("ours", index=ev.index))
+    for scope in scopes[tested].unique():  # one family per scope: this run's arms, or the released answers' test
+        family = tested & (scopes == scope)
+        ev.loc[family, "p_holm"] = holm(ev.loc[family, "p_value"].to_numpy(float))
     for i in ev.index[(~published) & (ev["verdict"] == "")]:
         test = row_test(ev.loc[i])
         margin = ev.at[i, "margin"] if pd.notna(ev.at[i, "margin"]) else None

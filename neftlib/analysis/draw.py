@@ -18,7 +18,7 @@ from neftlib.analysis.paper_rows import T4, T6
 from neftlib.analysis.plots import (NAMES, PAPER_COLOR, PUBLISHED_COLOR, UNITS, figure_legend, grouped_bars, headline,
                                     label, new_figure)
 from neftlib.analysis.sweep import METRICS
-from neftlib.analysis.verdict import seeds_test
+from neftlib.analysis.verdict import judge_can_decide, seeds_test
 
 OURS_COLOR, OURS_QLORA_COLOR = "#1f77b4", "#2ca02c"
 PAPER_MODEL = "LLaMA-2-7B"
@@ -44,26 +44,49 @@ def _ours_label(about: dict, judged: bool = True, stage: str = "") -> str:
     return f"ours{', ' + stage if stage else ''}: {about['model']} on {about['train_data']}, {about['scale']}{judge}"
 
 
-def draw_win_rates(ours: pd.DataFrame, about: dict) -> Figure | None:
+def judge_decides(wins: pd.DataFrame, calibrated: bool | None = None) -> tuple[bool, str]:
+    """Whether a win-rate table's judge can decide (neftlib.analysis.verdict.judge_can_decide): the share of pairs
+    each arm's judge decided (draws aside), and the judge's calibration where known."""
+    shares = []
+    if {"n_draws", "n_total"} <= set(wins.columns):
+        shares = [1 - d / t for d, t in zip(wins["n_draws"], wins["n_total"]) if pd.notna(d) and t]
+    return judge_can_decide(shares, calibrated)
+
+
+def draw_win_rates(ours: pd.DataFrame, about: dict, calibrated: bool | None = None) -> Figure | None:
     """Each of our arms' win rate with its 95% interval, beside the paper's Table 1 pair for the same data
-    (GPT-4 judge); `ours` has label, stage_name, win_rate, ci_low, ci_high (and n_clipped: answers the judge saw
-    clipped to fit its context, named in the title). None when nothing was judged."""
+    (GPT-4 judge); `ours` has label, stage_name, win_rate, ci_low, ci_high (and n_clipped, n_draws, n_total). A
+    judge that cannot decide (neftlib.analysis.verdict) is drawn on an axis of its own, never on GPT-4's. None when
+    nothing was judged."""
     ours = ours[ours["win_rate"].notna()]
     if ours.empty:
         return None
     data = paper_column(about["train_data"])
     before, after = FIGURE1[data]
-    groups = [{"label": f"paper, Table 1: {PAPER_MODEL} full fine-tune on {data}, 805 prompts, judge GPT-4",
-               "color": PAPER_COLOR, "bars": [arm_bar("no noise", before), arm_bar("NEFTune alpha 5", after)]}]
+    paper = {"label": f"paper, Table 1: {PAPER_MODEL} full fine-tune on {data}, 805 prompts, judge GPT-4",
+             "color": PAPER_COLOR, "bars": [arm_bar("no noise", before), arm_bar("NEFTune alpha 5", after)]}
+    groups = []
     for stage, part in ours.groupby("stage_name", sort=False):
-        groups.append({"label": _ours_label(about, stage=stage), "color": OURS_COLOR if len(groups) == 1 else
+        groups.append({"label": _ours_label(about, stage=stage), "color": OURS_COLOR if not groups else
                        OURS_QLORA_COLOR,
                        "bars": [arm_bar(r.label, r.win_rate, r.ci_low, r.ci_high) for r in part.itertuples()]})
-    fig, (ax,) = new_figure(width=max(8.0, 0.9 * sum(len(g["bars"]) for g in groups) + 3), height=5.2)
-    grouped_bars(ax, groups)
+    decides, why = judge_decides(ours, calibrated)
+    n_ours = sum(len(g["bars"]) for g in groups)
+    if decides:
+        fig, (ax,) = new_figure(width=max(8.0, 0.9 * (n_ours + 2) + 3), height=5.2)
+        grouped_bars(ax, [paper, *groups])
+        axes = [ax]
+    else:
+        fig, axes = new_figure(2, width=max(4.0, 0.9 * n_ours + 2), height=5.2,
+                               gridspec_kw={"width_ratios": [3, max(3, n_ours)]})
+        grouped_bars(axes[0], [paper])
+        axes[0].set_title("the paper (GPT-4 judge)", fontsize=9)
+        grouped_bars(axes[1], groups)
+        axes[1].set_title(f"ours: judge cannot decide\n({why}); not on GPT-4's scale", fontsize=8)
     figure_legend(fig)
-    ax.axhline(50, color="grey", lw=0.8, ls=":")
-    ax.set(ylabel=label("win_rate"), ylim=(0, 100))
+    for ax in axes:
+        ax.axhline(50, color="grey", lw=0.8, ls=":")
+        ax.set(ylabel=label("win_rate"), ylim=(0, 100))
     clipped = int(ours["n_clipped"].fillna(0).sum()) if "n_clipped" in ours else 0
     headline(fig, "Win rate against Text-Davinci-003's answers: the paper beside this run",
              "Discrete votes with 95% intervals. A win rate is only comparable with one from the same judge; "

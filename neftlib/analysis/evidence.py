@@ -18,15 +18,23 @@ from matplotlib.figure import Figure
 
 from neftlib.analysis.draw import draw_alpha_sweep, draw_lengths, draw_win_rates
 from neftlib.analysis.plots import save
-from neftlib.analysis.results_block import STUDY, readme_text, study_summary
+from neftlib.analysis.results_block import REFERENCE, STUDY, SWEEPS, calibration_verdict, readme_text, sweep_files
+from neftlib.base.paths import run_dir
 from neftlib.base.paths import PROJ_ROOT
 
 EVIDENCE = PROJ_ROOT / "docs" / "evidence"
 OUT = PROJ_ROOT / "docs" / "figures"
 # figure -> (snapshot it is drawn from, the snapshot whose published-answer table it also reads)
-SNAPSHOTS = {"alpha_sweep": "cpu-study-2026-11-30", "win_rates": "cpu-reference-2026-11-30",
-             "length_diversity": "cpu-reference-2026-11-30"}
-PUBLISHED = "cpu-reference-2026-11-30"  # the paper's published answers, measured by that run's stage 05
+SNAPSHOTS = {"alpha_sweep": STUDY, "win_rates": REFERENCE, "length_diversity": REFERENCE}
+PUBLISHED = REFERENCE  # the paper's published answers, measured by that run's stage 05
+# a run's files a snapshot keeps: results/<run>/<source> -> docs/evidence/<name>/<target>
+SNAPSHOT_FILES = {"config.json": "config.json", "train/summary.csv": "train_summary.csv",
+                  "qlora/summary.csv": "qlora_summary.csv", "eval/winrates.csv": "winrates.csv",
+                  "analysis/overfitting.csv": "overfitting.csv", "analysis/diversity.csv": "diversity.csv",
+                  "analysis/published_diversity.csv": "published_diversity.csv",
+                  "analysis/length_only.csv": "length_only.csv", "report/claims.csv": "claims.csv",
+                  "report/claim_evidence.csv": "claim_evidence.csv", "report/paper_vs_ours.csv": "paper_vs_ours.csv",
+                  "report/summary.md": "summary.md"}
 # claims.csv's our_setting, as the report writes it: "<model> (<method>) on <data>; <scale>"
 SETTING = re.compile(r"^(?P<model>\S+) \((?P<method>[\w-]+)\) on (?P<data>[^;]+); (?P<scale>.+)$")
 
@@ -74,7 +82,7 @@ def figures(evidence: Path = EVIDENCE) -> dict[str, Figure]:
     made = {"alpha_sweep": draw_alpha_sweep(read(sweep, "arm_metrics.csv"),
                                             f"{about['model']} on {about['train_data']}, {about['scale']}",
                                             judge=about["judge"].split(" (")[0]),
-            "win_rates": draw_win_rates(labelled_wins(alpaca), snapshot_about(alpaca)),
+            "win_rates": draw_win_rates(labelled_wins(alpaca), snapshot_about(alpaca), _calibrated(evidence)),
             "length_diversity": draw_lengths(read(alpaca, "diversity.csv"),
                                              read(evidence / PUBLISHED, "published_diversity.csv"),
                                              snapshot_about(alpaca))}
@@ -84,23 +92,53 @@ def figures(evidence: Path = EVIDENCE) -> dict[str, Figure]:
     return made
 
 
+def _calibrated(evidence: Path) -> bool | None:
+    verdict = calibration_verdict(evidence)
+    return None if verdict is None else bool(verdict["passes"])
+
+
+def snapshot(run: str, name: str, evidence: Path = EVIDENCE) -> Path:
+    """Copy a finished run's tables (SNAPSHOT_FILES, those it has) into `evidence`/<name>/; an existing snapshot
+    is never overwritten."""
+    source, target = run_dir(run), evidence / name
+    if not (source / "report" / "DONE.json").exists():
+        raise FileNotFoundError(f"{source} has no finished report (report/DONE.json): run it through 06 first")
+    if target.exists():
+        raise FileExistsError(f"{target} exists: choose another name, or move it aside yourself")
+    tmp = target.with_name(f".{name}.tmp")
+    tmp.mkdir(parents=True, exist_ok=False)
+    for rel, out in SNAPSHOT_FILES.items():
+        if (source / rel).exists():
+            (tmp / out).write_bytes((source / rel).read_bytes())
+    tmp.replace(target)
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m neftlib.analysis.evidence",
                                      description="the README's figures and results block, from the committed evidence")
-    parser.add_argument("what", nargs="?", choices=("figures", "readme"), default="figures",
+    parser.add_argument("what", nargs="?", choices=("figures", "readme", "snapshot"), default="figures",
                         help="figures: redraw docs/figures/ (make readme-figures); readme: rewrite README.md's results "
-                        "block and the study summary (make readme-results)")
+                        "block and the study summary (make readme-results); snapshot RUN NAME: copy a run's tables "
+                        "into docs/evidence/NAME/")
+    parser.add_argument("names", nargs="*", help="snapshot: the run (under results/) and the snapshot's name")
     parser.add_argument("--evidence", type=Path, default=EVIDENCE, help="folder of evidence snapshots")
     parser.add_argument("--out", type=Path, default=OUT, help="where the PNGs go")
     parser.add_argument("--readme", type=Path, default=PROJ_ROOT / "README.md", help="the README to rewrite")
     parser.add_argument("--check", action="store_true", help="readme: change nothing, exit 1 when a file differs")
     args = parser.parse_args(argv)
+    if args.what == "snapshot":
+        if len(args.names) != 2:
+            parser.error("snapshot needs RUN NAME, e.g. snapshot reference cpu-reference-2026-12-03")
+        print(snapshot(*args.names, evidence=args.evidence))
+        return 0
     if args.what == "figures":
         for name, fig in figures(args.evidence).items():
             print(save(fig, args.out / f"{name}.png"))
         return 0
-    targets = {args.readme: readme_text(args.readme.read_text(encoding="utf-8"), args.evidence),
-               args.evidence / STUDY / "summary.md": study_summary(args.evidence)}
+    targets = {args.readme: readme_text(args.readme.read_text(encoding="utf-8"), args.evidence)}
+    for name in SWEEPS:
+        targets.update(sweep_files(args.evidence, name))
     stale = [path for path, text in targets.items() if not path.exists() or path.read_text(encoding="utf-8") != text]
     if args.check:
         for path in stale:

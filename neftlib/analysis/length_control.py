@@ -1,4 +1,4 @@
-"""How much of the paper's published gain is answer length? (issue 29)
+"""How much of the paper's published gain is answer length?
 
 GPT-4's published AlpacaEval 1 judgments of the paper's four released models (each against Text-Davinci-003's
 answers to the same 805 prompts; `NEFTLIB_DATA_DIR/alpaca_eval/<model>/annotations_alpaca_eval_gpt4.json`), per
@@ -50,7 +50,7 @@ from neftlib.evaluation.winrate import (discrete_preference, length_controlled_w
 PAIRS = {"alpaca": ("alpaca-7b", "alpaca-7b-neft"), "chat": ("llama-2-7b-chat-hf", "llama-2-chat-7b-evol70k-neft")}
 NAMES = {"alpaca-7b": "Alpaca-7B", "alpaca-7b-neft": "Alpaca-7B-NEFT", "llama-2-7b-chat-hf": "LLaMA-2-7B-Chat",
          "llama-2-chat-7b-evol70k-neft": "LLaMA-2-7B-Chat-Evol70k-NEFT"}
-# length_control.csv's first columns, as issue 29 names them; extra columns follow.
+# length_control.csv's first columns, as the evidence table names them; extra columns follow.
 COLUMNS = ("model", "n", "win_rate", "lc_win_rate_approx", "lc_low", "lc_high", "longer_wins_agreement")
 # Bins of (model chars - reference chars): narrow around zero, where the LC reading sits, wide in the long tail.
 BIN_EDGES = (-math.inf, -250.0, -50.0, 50.0, 250.0, 500.0, 750.0, 1000.0, 1500.0, math.inf)
@@ -336,7 +336,7 @@ class LengthControl:
 
 def model_row(model: str, frame: pd.DataFrame, win_boot: np.ndarray, lc_boot: np.ndarray, fit: LengthFit,
               n_boot: int, seed: int, official: tuple[float, str]) -> dict:
-    """length_control.csv's row of one model: issue 29's columns first, then what explains them."""
+    """length_control.csv's row of one model: the evidence table's columns first, then what explains them."""
     stats = summarize_preferences(frame["preference"].tolist(), lengths=frame["model_chars"].tolist())
     agree = longer_wins(frame)
     near = near_zero(frame)
@@ -404,7 +404,7 @@ def pair_table(frames: dict[str, pd.DataFrame], draws: dict[str, dict[str, np.nd
 
 def analyze(frames: dict[str, pd.DataFrame], n_boot: int = 2000, seed: int = 0,
             df_gamed: Path | None = None) -> LengthControl:
-    """Every number of issue 29 from judged tables of the same prompts: one set of resampled prompts serves every
+    """Every number of the analysis from judged tables of the same prompts: one set of resampled prompts serves every
     model, so each model's interval and each pair's difference come from the same draws."""
     lengths = {len(f) for f in frames.values()}
     if len(lengths) != 1:
@@ -568,7 +568,7 @@ def readme_text(result: LengthControl, command: str) -> str:
         ("length_control.png", "the figure (also docs/figures/length_control.png)"),
     ]
     lines = [
-        "# How much of the published NEFTune gain is answer length? (issue 29)", "",
+        "# How much of the published NEFTune gain is answer length?", "",
         "GPT-4's published AlpacaEval 1 annotations (`alpaca_eval_gpt4`) of the paper's four released models, each "
         "against Text-Davinci-003's answers to the same 805 prompts, set beside a length-controlled win rate. Made "
         f"by `{command}` with `NEFTLIB_DATA_DIR` naming the real-data folder ({result.n_boot} bootstrap resamples "
@@ -630,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m neftlib.analysis.length_control",
         description="Length-controlled win rates of the paper's published answers (GPT-4 annotations in "
-                    "NEFTLIB_DATA_DIR), with paired bootstrap intervals, a figure and a README (issue 29)")
+                    "NEFTLIB_DATA_DIR), with paired bootstrap intervals, a figure and a README")
     parser.add_argument("target", help="a date YYYY-MM-DD: writes docs/evidence/published-length-<date>/ and "
                                        "docs/figures/length_control.png; anything else: the output folder")
     parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples of prompts (default 2000)")

@@ -15,6 +15,7 @@ from neftlib.analysis.claims import (CLAIMS, DIVERSITY_MARGIN, DIVERSITY_PART, F
                                      SEEDS_BASIS, RunEvidence, evidence_row, finalize, is_chat_model, pick_roles,
                                      read_table, unmeasured)
 from neftlib.analysis.detectable import detectable_text
+from neftlib.analysis.length_control import analyze_published
 from neftlib.analysis.length_table import length_only_report
 from neftlib.analysis.pairwise import published_win_rates
 from neftlib.analysis.paper import PAPER, STATEMENTS
@@ -151,6 +152,29 @@ def published_evidence(run: str, n_boot: int = 2000, seed: int = 0) -> list[dict
     return [{"scope": "published", **p} for p in parts]
 
 
+LENGTH_SCOPE = "released answers, length-controlled"
+
+
+def length_control_evidence(n_boot: int = 1000, seed: int = 0) -> list[dict]:
+    """The paper's Table 5 claim tested on its own released answers: does GPT-4's preference gain survive at equal
+    answer length (alpaca_eval's length_controlled_minimal fit, neftlib.analysis.length_control)? A family of its
+    own for Holm's correction; the pairs are uncontrolled, which the note says."""
+    part = "GPT-4 win-rate gain at equal answer length"
+    try:
+        result = analyze_published(n_boot=n_boot, seed=seed)
+    except (FileNotFoundError, ValueError) as err:
+        return [{"scope": LENGTH_SCOPE, **unmeasured("length_not_all", part, "-", (None, None), str(err))}]
+    rows = []
+    for r in result.pairs[result.pairs["measure"] == "lc_win_rate_approx"].itertuples():
+        test = interval_test(r.difference, r.low, r.high, int(r.n))
+        rows.append({"scope": LENGTH_SCOPE, **evidence_row(
+            "length_not_all", f"{part}, {r.pair} pair", r.pair, (r.baseline, r.neftune), "higher",
+            "the paper's released answers (uncontrolled pairs); the fit is read at zero length difference, where few "
+            "pairs lie", test=test, basis="percentile bootstrap over the prompts, the fit redone per resample",
+            baseline=r.baseline_value, treatment=r.neftune_value, n_items=int(r.n))})
+    return rows
+
+
 def _describe(r: pd.Series) -> str:
     """One evidence row in words: the two values, the change with its interval, and the verdict."""
     if r["verdict"] == NOT_MEASURED:
@@ -184,7 +208,7 @@ def claims_table(evidence: pd.DataFrame, info: dict, paper: pd.DataFrame) -> pd.
     and the smallest change each of our parts could have detected."""
     rows = []
     for claim, text in CLAIMS.items():
-        ours = evidence[(evidence["claim_id"] == claim) & (evidence["scope"] == "ours")]
+        ours = evidence[(evidence["claim_id"] == claim) & evidence["scope"].isin(["ours", LENGTH_SCOPE])]
         pub = evidence[(evidence["claim_id"] == claim) & (evidence["scope"] == "published")]
         source, setting, says = STATEMENTS[claim]
         arms = sorted({f"{r.stage}: {r.baseline_arm} -> {r.treatment_arm}" for r in ours.itertuples()
@@ -230,7 +254,8 @@ def build_report(run: str, roles: dict[str, dict] | None = None, n_boot: int = 2
     ev = RunEvidence(run, n_boot=n_boot, seed=seed)
     if ev.arms.empty:
         raise FileNotFoundError(f"{run_dir(run)} has no trained arms (train/summary.csv): run 01-05 first")
-    evidence = finalize(pd.DataFrame(our_evidence(ev, roles) + published_evidence(run, n_boot, seed)))
+    evidence = finalize(pd.DataFrame(our_evidence(ev, roles) + published_evidence(run, n_boot, seed)
+                                     + length_control_evidence(min(n_boot, 1000), seed)))
     roles = roles or {stage: pick_roles(ev.arms, stage, ev.info["alpha"]) for stage in ("train", "qlora")}
     effects = read_table(run_dir(run) / "analysis" / "alpha_effects.csv")
     paper = paper_vs_ours(evidence, ev.info, ev.arms, roles, effects)

@@ -3,6 +3,7 @@ with its interval and verdict (the one rule of neftlib.analysis.verdict), and th
 from __future__ import annotations
 
 import pandas as pd
+from IPython.display import Markdown
 
 from neftlib.analysis.claims import CLAIMS, NOT_MEASURED, RunEvidence, finalize, pick_roles, read_table
 from neftlib.analysis.report import our_evidence
@@ -78,3 +79,11 @@ def report_summary(claims: pd.DataFrame) -> str:
         if names:
             lines.append(f"- **{verdict}**: " + "; ".join(names) + ".")
     return "\n".join(lines)
+
+
+def sweep_table(effects: pd.DataFrame) -> pd.DataFrame | Markdown:
+    """The sweep's tests a reader needs, or a one-line note when the run has one seed per alpha (no sweep)."""
+    if effects.empty or effects["n_seeds"].max() < 2:
+        return Markdown("One training seed per alpha: no sweep to test (each noised arm's change is in notebook 06's "
+                        "claims table, with its paired interval over the prompts).")
+    return effects[["distribution", "alpha", "metric", "mean_change", "low", "high", "p_holm", "verdict"]]

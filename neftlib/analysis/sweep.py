@@ -6,7 +6,7 @@ import math
 import pandas as pd
 
 from neftlib.base.config import RunConfig
-from neftlib.analysis.verdict import Test, decide, holm, seeds_test
+from neftlib.analysis.verdict import CANNOT_DECIDE, Test, decide, holm, judge_can_decide, seeds_test
 from neftlib.base.io import read_json, write_csv
 from neftlib.base.run import stage_dir, trained_arms
 
@@ -52,12 +52,13 @@ EXPECT = {1: "higher", -1: "lower", 0: "unchanged"}
 UNCHANGED_MARGIN = 0.10  # an "unchanged" metric: within +-10% of the alpha-0 arms' mean (as claims.DIVERSITY_MARGIN)
 
 
-def alpha_effects(metrics: pd.DataFrame) -> pd.DataFrame:
+def alpha_effects(metrics: pd.DataFrame, judge: tuple[bool, str] = (True, "")) -> pd.DataFrame:
     """Per stage, distribution, alpha > 0 and metric: the change against the same seeds' alpha-0 arms, tested
     under the one rule (neftlib.analysis.verdict): the t test of the per-seed paired changes (`low`, `high`: its
     95% interval; `p_value`, and `p_holm` after Holm's correction over every test of the table), the smallest
     change that design detects, and the verdict. With one seed per alpha there is no interval and no verdict:
-    the sweep then says nothing the claims table does not."""
+    the sweep then says nothing the claims table does not. `judge`: whether the judge can decide, and why not
+    (neftlib.analysis.verdict.judge_can_decide); win rates of a judge that cannot get that verdict and no test."""
     rows = []
     for stage, frame in metrics.groupby("stage"):
         base = frame[frame["alpha"] == 0].set_index("seed")
@@ -82,8 +83,11 @@ def alpha_effects(metrics: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     if table.empty:
         return table
+    undecided = (table["metric"] == "win_rate") & (not judge[0])
+    table.loc[undecided, ["p_value", "detectable_effect"]] = math.nan
     table["p_holm"] = holm(table["p_value"].to_numpy(float))
-    table["verdict"] = [_verdict(r) for _, r in table.iterrows()]
+    table["verdict"] = [f"{CANNOT_DECIDE} ({judge[1]})" if u else _verdict(r)
+                        for u, (_, r) in zip(undecided, table.iterrows())]
     return table
 
 
@@ -135,7 +139,9 @@ def sweep_tables(cfg: RunConfig) -> dict[str, pd.DataFrame]:
     """arm_metrics.csv and alpha_effects.csv under results/<run>/analysis/ (rebuilt from 04 and 05)."""
     out = stage_dir(cfg, "analysis")
     metrics = arm_metrics(cfg)
-    effects = alpha_effects(metrics)
+    wins = pd.read_csv(stage_dir(cfg, "eval") / "winrates.csv")
+    shares = [1 - d / t for d, t in zip(wins.get("n_draws", []), wins.get("n_total", [])) if pd.notna(d) and t]
+    effects = alpha_effects(metrics, judge_can_decide(shares))
     write_csv(out / "arm_metrics.csv", metrics.to_dict("records"))
     write_csv(out / "alpha_effects.csv", effects.to_dict("records"))
     return {"arm_metrics": metrics, "alpha_effects": effects}

@@ -59,6 +59,7 @@ class RunConfig:
     seed: int = 0  # seeds data order, init of LoRA, noise (mixed with rank) and eval subsets
     # --- model ---
     model: str = "tiny-random"  # "tiny-random", "smollm2-135m-instruct", "gemma-3-270m", a local folder or a hub id
+    model_revision: str = ""  # a hub model's branch, tag or commit, pinned for every load in the run; empty: its default branch
     method: str = "full"  # "full" fine-tune (the paper), "lora", or "qlora" (4-bit NF4 base + LoRA)
     lora_r: int = 16  # LoRA rank (lora / qlora)
     lora_alpha: int = 32  # LoRA scaling numerator
@@ -68,6 +69,9 @@ class RunConfig:
     gradient_checkpointing: bool = False  # trade compute for memory (7B)
     # --- data ---
     train_data: str = "mini"  # "mini" (data/), "alpaca", "evol-instruct", "open-platypus", "sharegpt", "hf:ORG/NAME" (any hub dataset; NEFTLIB_DATA_DIR's copy first, else the hub), "auto" (local alpaca else mini), or a file
+    train_data_config: str = ""  # a hub dataset's configuration (subset) name; empty: its default (a local copy in NEFTLIB_DATA_DIR is read as it is)
+    train_data_split: str = "train"  # the hub dataset's split read for training, e.g. "train" or "train[:5000]"
+    train_data_revision: str = ""  # the hub dataset's branch, tag or commit; empty: its default branch
     train_columns: dict[str, str] = field(default_factory=dict)  # our field -> the data's column when names differ, e.g. {"instruction": "question", "output": "answer"}; fields: instruction, input, output, conversations
     train_limit: int | None = None  # rows kept after the seeded shuffle; None keeps all
     drop_bad_rows: bool = False  # drop (and count) malformed rows instead of stopping at the first
@@ -90,7 +94,7 @@ class RunConfig:
     padding_free: bool = False  # concatenate a batch's examples in one row (position_ids restart per example, no pads)
     optim: str = "adamw_torch"  # transformers' optimizer name (TrainingArguments.optim), e.g. "paged_adamw_8bit" for QLoRA
     logging_steps: int = 1  # optimizer steps per row of log.csv (one device sync per row on a GPU)
-    report_to: str = "none"  # where Trainer also logs: "none", "tensorboard", "wandb", ... (offline default: none)
+    report_to: list[str] = field(default_factory=lambda: ["none"])  # where Trainer also logs, as TrainingArguments takes it: [none], [tensorboard], [tensorboard, wandb]... (offline default: none)
     deterministic: bool | None = None  # deterministic kernels while training; None: on for CPU (free), off on GPU (slower there)
     # --- NEFTune ---
     alpha: float = 5.0  # noise alpha of the NEFTune arm (paper: 5 for 7B, 15 for 70B)
@@ -116,8 +120,24 @@ class RunConfig:
     diversity_cutoff: int = 50  # whitespace tokens for the repetition / diversity table (paper: 50 for Alpaca)
     openllm_tasks: str = ""  # lm-eval tasks scored per arm in 04: "" skips, "openllm-v1" (ARC 25-shot, HellaSwag 10, MMLU 5, TruthfulQA 0), or "task:shots,..."
     openllm_limit: int | None = None  # documents per lm-eval task (None = all); a quick look at a big model
+    openllm_batch_size: int = 4  # sequences per lm-eval forward: few-shot contexts run to the model's whole context (4,096 tokens for LLaMA-2), so far fewer than gen_batch_size fit
 
     def __post_init__(self) -> None:
+        if isinstance(self.report_to, str):  # one integration by name, as TrainingArguments also takes it
+            object.__setattr__(self, "report_to", [self.report_to])
+        if not isinstance(self.report_to, list) or not all(isinstance(r, str) and r for r in self.report_to):
+            raise ValueError(f"report_to must be a list of integration names, e.g. [tensorboard, wandb], "
+                             f"got {self.report_to!r}")
+        if self.model_revision and "/" not in self.model:
+            raise ValueError(f"model_revision={self.model_revision!r} pins a hub model (ORG/NAME); "
+                             f"{self.model!r} is packaged with neftlib and has no revisions")
+        hub_data = {n: getattr(self, n) for n in ("train_data_config", "train_data_revision") if getattr(self, n)}
+        if hub_data and self.train_data in ("mini", "auto"):
+            raise ValueError(f"{', '.join(f'{k}={v!r}' for k, v in hub_data.items())} choose what is read from a "
+                             f"hub dataset, but train_data={self.train_data!r} is local: name the dataset, "
+                             "e.g. train_data=hf:ORG/NAME")
+        if not self.train_data_split:
+            raise ValueError("train_data_split must name a split of the hub dataset, e.g. 'train'")
         _check_choice("method", self.method, METHODS)
         _check_choice("noise_scaling", self.noise_scaling, SCALINGS)
         _check_choice("precision", self.precision, PRECISIONS)
@@ -133,7 +153,7 @@ class RunConfig:
         if self.effective_batch is not None and (not isinstance(self.effective_batch, int) or self.effective_batch < 1):
             raise ValueError(f"effective_batch must be a positive integer or None, got {self.effective_batch!r}")
         for name in ("batch_size", "grad_accum", "max_length", "save_every", "gen_max_new_tokens", "gen_batch_size",
-                     "logging_steps"):
+                     "logging_steps", "openllm_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -278,6 +298,8 @@ def config_from_json(path: Path) -> RunConfig:
     for key in ("lora_targets", "arms", "qlora_arms", "length_arms"):
         if isinstance(data.get(key), list):
             data[key] = tuple(data[key])
+    if isinstance(data.get("report_to"), str):  # runs from before report_to took a list
+        data["report_to"] = [data["report_to"]]
     try:
         return RunConfig(**with_qlora(data, data.get("profile", "")))  # runs from before `qlora` was recorded
     except TypeError as err:

@@ -27,16 +27,22 @@ def cache_dir() -> Path:
     return Path(os.environ.get("NEFTLIB_CACHE_DIR", PROJ_ROOT / ".cache"))
 
 
+# A file or folder whose presence makes data/ a real-data folder (docs/data.md gives the layout).
+REAL_DATA_MARKERS = ("alpaca_5000.json", "alpaca_data.json", "alpaca_eval")
+
+
 def data_dir() -> Path | None:
-    """The real-data folder named by `NEFTLIB_DATA_DIR`, or None when unset or empty."""
+    """The real-data folder: `NEFTLIB_DATA_DIR` when set, else the project's data/ when real data was put there
+    (docs/data.md), else None (the embedded mini set)."""
     value = os.environ.get("NEFTLIB_DATA_DIR", "").strip()
     if not value:
-        return None
+        found = any((EMBEDDED_DATA_DIR / name).exists() for name in REAL_DATA_MARKERS)
+        return EMBEDDED_DATA_DIR if found else None
     path = Path(value).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(
-            f"NEFTLIB_DATA_DIR={value!r} is not a folder: point it at the real-data folder "
-            "(e.g. ../shared/data) or unset it to use the embedded mini set."
+            f"NEFTLIB_DATA_DIR={value!r} is not a folder: point it at the real-data folder (docs/data.md), or unset "
+            "it to use data/ (the embedded mini set, plus any real data placed there)."
         )
     return path
 
@@ -46,9 +52,9 @@ def data_notice() -> str:
     root = data_dir()
     if root is not None:
         return f"data: NEFTLIB_DATA_DIR={root}"
-    return ("data: NEFTLIB_DATA_DIR is not set, so 'auto' data means the embedded mini set (data/) and the "
-            "published answers are skipped; `make reproduce` sets it to ../shared/data when that folder "
-            "exists, or export NEFTLIB_DATA_DIR=/path/to/data")
+    return ("data: no real data (NEFTLIB_DATA_DIR is not set and data/ holds only the embedded mini set), so 'auto' "
+            "data means the mini set and the published answers are skipped; put the real data in data/ or "
+            "export NEFTLIB_DATA_DIR=/path/to/data (docs/data.md)")
 
 
 def run_dir(run: str) -> Path:

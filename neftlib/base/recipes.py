@@ -24,6 +24,36 @@ from neftlib.base.paths import RECIPES_DIR
 from neftlib.base.profiles import PROFILES
 
 NOT_SETTABLE = {"profile": "--profile or --config", "run": "--run"}  # chosen by their own options
+# TRL (SFTConfig, ModelConfig, ScriptArguments) and transformers' TrainingArguments names of our settings: accepted
+# wherever a setting is named (recipes, --set, the notebooks' SET), so a TRL recipe's keys carry over.
+ALIASES = {
+    "neftune_noise_alpha": "alpha",
+    "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "model_name_or_path": "model",
+    "max_seq_length": "max_length",  # SFTConfig before TRL 0.20
+    "save_steps": "save_every",
+    "lora_target_modules": "lora_targets",
+    "dataset_name": "train_data",  # a hub id ORG/NAME becomes hf:ORG/NAME
+    "dataset_config": "train_data_config",
+    "dataset_train_split": "train_data_split",
+    "max_new_tokens": "gen_max_new_tokens",
+}
+# TRL / TrainingArguments names that have no setting of their own here, and what to use instead.
+INSTEAD = {
+    "bf16": "precision=bf16", "fp16": "precision=fp16", "torch_dtype": "precision (fp32, bf16 or fp16)",
+    "dtype": "precision (fp32, bf16 or fp16)", "load_in_4bit": "method=qlora", "use_peft": "method=lora (or qlora)",
+    "output_dir": "--run NAME (results/<run>/)", "run_name": "--run NAME (results/<run>/)",
+    "lr_scheduler_type": "warmup_ratio; the schedule itself is fixed: linear warmup, then cosine decay",
+    "warmup_steps": "warmup_ratio (a share of the optimizer steps)",
+    "per_device_eval_batch_size": "gen_batch_size (prompts per generate call)",
+    "packing": "padding_free=true (a batch's examples in one row, positions restarting per example)",
+    "dataset_text_field": "train_columns (our field -> the data's column)",
+    "save_strategy": "save_every (optimizer steps between checkpoints)",
+    "hub_model_id": "hub_repo (with push_to_hub=true)",
+}
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 DATA_FIELDS = ("train_data", "eval_data")  # may name a file: made absolute, since notebooks run in notebooks/
 _FALSE, _TRUE = ("false", "no", "off", "0"), ("true", "yes", "on", "1")
 
@@ -37,11 +67,38 @@ def _field_names() -> list[str]:
 
 
 def unknown_field(name: str, where: str = "") -> ValueError:
-    """The refusal of a name RunConfig does not have, with the closest ones and the full list."""
+    """The refusal of a name RunConfig does not have: what to use instead of a TRL / TrainingArguments name, else
+    the closest names (a TRL alias shown with the setting it stands for) and the full list."""
     names = _field_names()
-    close = difflib.get_close_matches(name, names, n=3)
-    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    if name in INSTEAD:
+        return ValueError(f"unknown setting {name!r}{where}: TRL / TrainingArguments' {name} has no setting of its "
+                          f"own here; use {INSTEAD[name]}")
+    close = difflib.get_close_matches(name, [*names, *ALIASES], n=3)
+    shown = [f"{c} (= {ALIASES[c]})" if c in ALIASES else c for c in close]
+    hint = f" (did you mean {', '.join(shown)}?)" if close else ""
     return ValueError(f"unknown setting {name!r}{where}{hint}; the settings are: {', '.join(names)}")
+
+
+def canonical(values: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """Settings with TRL / TrainingArguments names renamed to ours; the same setting named twice with two values
+    refused. Unknown names pass through (the caller refuses them with unknown_field)."""
+    out: dict[str, Any] = {}
+    given: dict[str, str] = {}
+    for name, value in values.items():
+        ours = ALIASES.get(name, name)
+        if ours == "train_data" and name != ours:
+            value = _hub_dataset(value)
+        if ours in out and out[ours] != value:
+            raise ValueError(f"{ours}{where} given twice, as {given[ours]}={out[ours]!r} and {name}={value!r}")
+        out[ours], given[ours] = value, name
+    return out
+
+
+def _hub_dataset(value: Any) -> Any:
+    """TRL's dataset_name (a hub id) as our train_data ('hf:ORG/NAME'); a path to a file stays a path."""
+    if isinstance(value, str) and _HUB_ID.fullmatch(value.strip()) and not Path(value).expanduser().exists():
+        return "hf:" + value.strip()
+    return value
 
 
 def _expected(hint: Any) -> str:
@@ -52,7 +109,7 @@ def _expected(hint: Any) -> str:
         return "an integer"
     if hint is float:
         return "a number"
-    if origin is tuple:
+    if origin in (tuple, list):
         return "a list, e.g. a,b or [a, b]"
     if origin is dict:
         return "a mapping, e.g. {key: value}"
@@ -89,18 +146,21 @@ def coerce(name: str, value: Any, hint: Any | None = None) -> Any:
         if not math.isfinite(number):
             raise ValueError(f"{name} must be a finite number, got {value!r}")
         return number
-    if origin is tuple:
+    if origin in (tuple, list):
         if text is not None:
             value = _yaml(text, bad) if text.startswith("[") else [p.strip() for p in text.split(",") if p.strip()]
+        if isinstance(value, str):
+            value = [value]  # one item named alone, as TrainingArguments takes report_to="tensorboard"
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, int, float)) for v in value):
             raise bad
-        return tuple(str(v) for v in value)
+        return origin(str(v) for v in value)
     if origin is dict:
         if text is not None:
             value = _yaml(text, bad) if text else {}
         if not isinstance(value, dict):
             raise bad
-        return dict(value)
+        # the QLoRA stage's settings are settings too: TRL names allowed there as well
+        return canonical(dict(value), f" in {name}") if name == "qlora" else dict(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # e.g. `run: 2026` in YAML
     if not isinstance(value, str):
@@ -128,16 +188,19 @@ def parse_sets(items: list[str] | None) -> dict[str, str]:
     """`--set FIELD=VALUE` items as {field: text}; a malformed item or unknown field refused before any work."""
     sets: dict[str, str] = {}
     for item in items or []:
-        name, eq, value = item.partition("=")
-        name = name.strip()
-        if not eq or not name:
+        given, eq, value = item.partition("=")
+        given = given.strip()
+        if not eq or not given:
             raise ValueError(f"--set {item!r}: write FIELD=VALUE, e.g. --set learning_rate=1e-4")
+        name = ALIASES.get(given, given)
+        value = _hub_dataset(value) if name == "train_data" and given != name else value
         if name in NOT_SETTABLE:
             raise ValueError(f"--set {name}=...: choose it with {NOT_SETTABLE[name]}, not --set")
         if name not in _fields():
             raise unknown_field(name, " in --set")
         if name in sets and sets[name] != value:
-            raise ValueError(f"--set {name} given twice ({sets[name]!r} and {value!r})")
+            named = name if given == name else f"{name} (as {given})"
+            raise ValueError(f"--set {named} given twice ({sets[name]!r} and {value!r})")
         sets[name] = _absolute(name, value, Path.cwd())
     coerce_fields(sets)  # a bad value is named now, before anything runs
     return sets
@@ -179,6 +242,7 @@ def read_recipe(path: str | Path) -> tuple[str, dict[str, Any]]:
         raise ValueError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a recipe is a mapping of settings (field: value), got {type(values).__name__}")
+    values = canonical({str(k): v for k, v in values.items()}, f" in {path}")
     for name in values:
         if name not in _fields():
             raise unknown_field(str(name), f" in {path}")
@@ -202,10 +266,10 @@ def load_config(profile: str = "", *, config: str | Path | None = None, **overri
                          "or give a recipe file (--config PATH.yaml)")
     else:
         base = dict(PROFILES[profile])
-    fields = set(_field_names())
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown config field(s) {unknown}; valid fields: {', '.join(sorted(fields))}")
+    overrides = canonical({k: v for k, v in overrides.items() if v is not None})
+    for name in overrides:
+        if name not in _fields():
+            raise unknown_field(name)
     values = coerce_fields({**base, **{k: v for k, v in overrides.items() if v is not None}})
     return RunConfig(profile=profile, **with_qlora(values, profile))
 
@@ -229,21 +293,32 @@ def _value(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=10_000, sort_keys=False).strip().removesuffix("\n...").strip()
 
 
-def recipe_text(profile: str) -> str:
-    """The recipe of a profile: every RunConfig field with its value and comment (what configs/recipes/ holds)."""
-    cfg = load_config(profile).to_dict()
+def config_text(cfg: RunConfig, header: list[str]) -> str:
+    """Every setting of `cfg` as YAML, one line each with its comment (and its TRL name where it has one)."""
     comments = _comments()
-    lines = [f"# Recipe {profile!r}: every setting of a run, generated from neftlib/base/profiles.py by",
-             "# `python -m neftlib recipes` (tests check that the two agree: edit profiles.py, then regenerate).",
-             f"# Run it: python -m neftlib run --config configs/recipes/{profile}.yaml  (the same as --profile {profile})",
-             "# For your own run copy this file, edit it, and run the copy; results go to results/<file name>/.",
-             "# Any setting can also be changed on the command line: --set FIELD=VALUE (repeatable).", ""]
-    for name, value in cfg.items():
+    trl_names: dict[str, list[str]] = {}
+    for alias, ours in ALIASES.items():
+        trl_names.setdefault(ours, []).append(alias)
+    lines = [f"# {line}" if line else "" for line in header] + [""]
+    for name, value in cfg.to_dict().items():
         section, comment = comments.get(name, ("", ""))
+        if name in trl_names:
+            comment += f" (TRL / TrainingArguments: {', '.join(trl_names[name])})"
         if section:
             lines += ["", section]
         lines.append(f"{name}: {_value(value)}  # {comment}" if comment else f"{name}: {_value(value)}")
     return "\n".join(lines) + "\n"
+
+
+def recipe_text(profile: str) -> str:
+    """The recipe of a profile: every RunConfig field with its value and comment (what configs/recipes/ holds)."""
+    return config_text(load_config(profile), [
+        f"Recipe {profile!r}: every setting of a run, generated from neftlib/base/profiles.py by",
+        "`python -m neftlib recipes` (tests check that the two agree: edit profiles.py, then regenerate).",
+        f"Run it: python -m neftlib run --config configs/recipes/{profile}.yaml  (the same as --profile {profile})",
+        "For your own run copy this file, edit it, and run the copy; results go to results/<file name>/.",
+        "Any setting can also be changed on the command line: --set FIELD=VALUE (repeatable).",
+        "TRL / TrainingArguments names are accepted too, in this file and in --set: each is named beside its setting."])
 
 
 def write_recipes(folder: Path = RECIPES_DIR) -> list[Path]:

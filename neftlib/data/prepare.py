@@ -111,15 +111,17 @@ def resolve_train_source(name: str) -> Path:
 
 
 def load_instructions(source: str, *, seed: int = 0, limit: int | None = None, drop_bad: bool = False,
-                      columns: dict[str, str] | None = None) -> tuple[list[dict[str, str]], DataReport]:
+                      columns: dict[str, str] | None = None, hub: sources.HubPin = sources.HubPin(),
+                      ) -> tuple[list[dict[str, str]], DataReport]:
     """{instruction, input, output} rows of any of the paper's schemas, after a seeded shuffle and a row limit.
 
-    A source name ('alpaca', ..., or 'hf:ORG/NAME') reads its file in NEFTLIB_DATA_DIR, else the hub's train
-    split (FileNotFoundError offline). `columns` maps our field names to the data's own (ours -> theirs).
+    A source name ('alpaca', ..., or 'hf:ORG/NAME') reads its file in NEFTLIB_DATA_DIR, else the hub's split,
+    configuration and revision that `hub` names (FileNotFoundError offline). `columns` maps our field names to
+    the data's own (ours -> theirs).
     """
     key = sources.source_key(source)
     if key is not None and _local_file(key) is None:
-        raw, origin = sources.hub_rows(key, data_dir()), f"hub:{sources.spec_of(key).hub_id}"
+        raw, origin = sources.hub_rows(key, data_dir(), hub), hub.describe(sources.spec_of(key).hub_id)
     else:
         path = resolve_train_source(source)
         raw, origin = _read_rows(path), str(path)

@@ -109,16 +109,33 @@ def _unreachable_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def hub_rows(key: str, root: Path | None) -> list[dict]:
-    """The train split of a source from the hub; FileNotFoundError naming the local file when the hub is off."""
+@dataclass(frozen=True)
+class HubPin:
+    """What is read of a hub dataset: its configuration (subset), split and revision (RunConfig.train_data_*)."""
+
+    config: str = ""  # empty: the dataset's default configuration
+    split: str = "train"
+    revision: str = ""  # empty: the default branch
+
+    def describe(self, hub_id: str) -> str:
+        """The dataset as a run records it: hub:ORG/NAME, with whatever differs from the defaults."""
+        parts = [f"config={self.config}"] * bool(self.config) + [f"split={self.split}"] * (self.split != "train")
+        parts += [f"revision={self.revision}"] * bool(self.revision)
+        return f"hub:{hub_id}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def hub_rows(key: str, root: Path | None, pin: HubPin = HubPin()) -> list[dict]:
+    """The chosen split of a source from the hub; FileNotFoundError naming the local file when the hub is off."""
     spec = spec_of(key)
     if _hub_disabled():
         raise FileNotFoundError(missing_message(key, root, "no local file and the hub is off (HF_HUB_OFFLINE)"))
     import datasets
 
     extra = {"data_files": spec.data_files} if spec.data_files else {}
+    extra |= {"name": pin.config} if pin.config else {}
+    extra |= {"revision": pin.revision} if pin.revision else {}
     try:
-        ds = datasets.load_dataset(spec.hub_id, split="train", **extra)
+        ds = datasets.load_dataset(spec.hub_id, split=pin.split, **extra)
     except _unreachable_errors() as err:
         cause = str(err).strip().splitlines()[0] if str(err).strip() else ""
         why = f"no local file and {spec.hub_id} could not be loaded ({type(err).__name__}: {cause})"

@@ -13,6 +13,7 @@ from typing import Any, Iterable, Optional, Protocol
 
 import numpy as np
 
+from neftlib.evaluation.textstats import read_json_rows
 from neftlib.evaluation.winrate import bootstrap_ci, load_annotations
 
 MODELS = ("alpaca-7b", "alpaca-7b-neft", "llama-2-7b-chat-hf", "llama-2-chat-7b-evol70k-neft")
@@ -29,6 +30,30 @@ class Pairs(list):
     """A list of judged pairs that also says how many GPT-4 draws / non-judgments were dropped per model."""
 
     dropped: dict[str, int]
+
+
+def reference_file(root: Path) -> Path:
+    return Path(root) / "alpaca_eval" / "text_davinci_003.json"
+
+
+def check_references(root: Path, models: Iterable[str] = MODELS) -> int:
+    """The reference answers are the ones GPT-4 judged the published models against (`output_1` of their
+    annotations), prompt by prompt; returns the number of prompts checked. A mismatch names the file and the fix."""
+    refs = read_json_rows(reference_file(root))  # the eval set as 01 reads it
+    for model in models:
+        path = Path(root) / "alpaca_eval" / model / "annotations_alpaca_eval_gpt4.json"
+        if not path.exists():
+            continue
+        notes = load_annotations(path)
+        differ = [i for i, (r, a) in enumerate(zip(refs, notes)) if r["output"] != a["output_1"]
+                  or r["instruction"] != a["instruction"]]
+        if differ or len(refs) != len(notes):
+            raise ValueError(
+                f"{reference_file(root)}: {len(differ)} of {len(notes)} reference answers differ from the ones GPT-4 "
+                f"judged {model} against ({path}, output_1), first at row {differ[0] if differ else len(notes)}: "
+                "replace the file with the annotations' output_1 answers, or every win rate is measured against "
+                "another baseline than the paper's")
+    return len(refs)
 
 
 def annotations_path(data_dir: Path, model: str) -> Path:

@@ -13,6 +13,11 @@ arms answer the run's evaluation prompts with the run's baseline model (the trai
       transformers' `min_new_tokens`: EOS is blocked until that many new tokens. The paper's 250 came with
       its code's generation limit of 1,024 tokens; the minimum here is that share of the profile's cap
       (`min_new_tokens`), i.e. 250 at gpu-7b's cap of 1,024.
+  min-new-tokens-paper
+      the paper's own minimum of 250 new tokens, as far as the profile's cap allows: under a cap of 250 or
+      less every answer runs to the cap. The share-of-cap arm above forces far shorter answers than the
+      paper's (31 tokens under a cap of 128); this one forces answers as long as the cap lets them be, the
+      nearest a small profile comes to the paper's 1,111-character answers.
 
 Answers are saved as eval/length-<arm>/model_outputs.json with the original instruction, so the judge
 sees the same question as for every other arm; <name>_lengths.json records the meta-prompt and minimum.
@@ -35,8 +40,11 @@ PAPER_MIN_NEW_TOKENS = 250  # Table 5's "Min New Tokens" arm
 PAPER_GENERATION_LIMIT = 1024  # the NEFTune code's generate(max_length=1024)
 
 
-def min_new_tokens(gen_max_new_tokens: int) -> int:
-    """The paper's minimum (250 of 1,024 tokens) scaled to a generation cap; at least 1."""
+def min_new_tokens(gen_max_new_tokens: int, arm: str = "min-new-tokens") -> int:
+    """The minimum of new tokens of a min-new-tokens arm: the paper's 250 of 1,024 scaled to the cap
+    ('min-new-tokens', at least 1) or the paper's 250 bounded by the cap ('min-new-tokens-paper')."""
+    if arm == "min-new-tokens-paper":
+        return min(PAPER_MIN_NEW_TOKENS, gen_max_new_tokens)
     return max(1, round(gen_max_new_tokens * PAPER_MIN_NEW_TOKENS / PAPER_GENERATION_LIMIT))
 
 
@@ -45,7 +53,7 @@ def generation_of(cfg: RunConfig, arm: str) -> dict:
     if arm not in LENGTH_ARMS:
         raise ValueError(f"length arm {arm!r} is not one of {', '.join(LENGTH_ARMS)}")
     return {"meta_prompt": META_PROMPTS.get(arm, ""),
-            "min_new_tokens": min_new_tokens(cfg.gen_max_new_tokens) if arm == "min-new-tokens" else 0,
+            "min_new_tokens": min_new_tokens(cfg.gen_max_new_tokens, arm) if arm.startswith("min-new-tokens") else 0,
             "base_arm": f"train-{base_arm(cfg)}"}
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 from neftlib.base.config import RunConfig, parse_tasks, stage_config
 from neftlib.base.io import read_json, write_csv, write_json
 from neftlib.base.run import stage_dir, trained_arms
-from neftlib.training.models import load_tokenizer
+from neftlib.training.models import free_memory, load_tokenizer
 from neftlib.training.train import load_trained
 
 
@@ -99,9 +99,12 @@ def openllm_table(cfg: RunConfig) -> pd.DataFrame:
             scores = read_json(path)
         else:
             model = load_trained(stage_config(cfg, stage)[0], folder)
-            scores = run_tasks(model, tok, tasks, batch_size=cfg.gen_batch_size, limit=cfg.openllm_limit)
+            # load_trained's model keeps no KV cache in these forwards; few-shot contexts run to the model's
+            # whole context, hence a batch of its own (openllm_batch_size), not generation's
+            scores = run_tasks(model, tok, tasks, batch_size=cfg.openllm_batch_size, limit=cfg.openllm_limit)
             write_json(path, scores)
             del model
+            free_memory()  # before the next arm's model is loaded
         rows += [{"run": cfg.run_name, "stage": stage, "arm": arm, **s} for s in scores]
     write_csv(stage_dir(cfg, "eval") / "openllm.csv", rows)
     return pd.DataFrame(rows)

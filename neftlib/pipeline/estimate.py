@@ -2,8 +2,8 @@
 stage does not fit: `python -m neftlib estimate --profile NAME [--gpu-memory GB]`.
 
 Training stages (02, 03) use neftlib.training.memory.estimate_memory, the same estimate the training stage's own
-check refuses a run with; generation and the local judge (04) add the KV cache and a forward pass to the
-weights they load.
+check refuses a run with; generation, the local judge and lm-eval's OpenLLM tasks (04) add the KV cache
+they keep and a forward pass to the weights they load.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from neftlib.base.config import RunConfig, qlora_config
 from neftlib.base.recipes import load_config
-from neftlib.evaluation.stage import judge_in_4bit
+from neftlib.evaluation.stage import JUDGE_USE_CACHE, judge_in_4bit
 from neftlib.training.memory import CUDA_CONTEXT, NF4_BYTES, GiB, _lora_params, _model_shape, estimate_memory
 from neftlib.training.models import DTYPES
 
@@ -150,8 +150,9 @@ def _judge_stage(cfg: RunConfig, budget: int | None) -> dict[str, Any]:
     judge_cfg = dataclasses.replace(cfg, model=name)
     four_bit = judge_in_4bit(cfg)
     context = cfg.max_length + cfg.gen_max_new_tokens + cfg.gen_max_new_tokens + JUDGE_TEMPLATE
+    # the judge's forwards keep a KV cache only if make_judge leaves use_cache on (it turns it off)
     parts = inference_memory(judge_cfg, batch=4, context=context, load_in_4bit=four_bit,
-                             adapters=False, kv_cache=False, all_logits=True)
+                             adapters=False, kv_cache=JUDGE_USE_CACHE, all_logits=True)
     total = sum(parts.values())
     out: dict[str, Any] = {"judge": f"local:{name}", "precision": cfg.precision, "load_in_4bit": four_bit,
                            "batch": 4, "context_tokens": context,
@@ -162,6 +163,35 @@ def _judge_stage(cfg: RunConfig, budget: int | None) -> dict[str, Any]:
             {"change": "judge='openai' with NEFTLIB_JUDGE_API_KEY set (GPT-4 as in the paper)", "fits": True},
             {"change": "judge='none' (answers, lengths and diversity without a win rate)", "fits": True},
             {"change": "judge_model=<a smaller local model>", "fits": None}]
+    return out
+
+
+def _openllm_stage(cfg: RunConfig, budget: int | None) -> dict[str, Any]:
+    """04's OpenLLM tasks: lm-eval scores each trained arm (as load_trained loads it: no KV cache) on few-shot
+    contexts up to the model's whole context, openllm_batch_size at a time, with the log-softmax of every
+    position's logits beside the logits themselves."""
+    if not cfg.openllm_tasks:
+        return {"skipped": "the profile scores no OpenLLM task", "total_gib": 0.0,
+                "fits": None if budget is None else True}
+    config, _ = _model_shape(cfg)
+    # lm-eval truncates a request to the model's maximum length, read from the same config field
+    context = getattr(config, "max_position_embeddings", None) or 2048
+    batch = cfg.openllm_batch_size
+    parts = inference_memory(cfg, batch=batch, context=context, load_in_4bit=cfg.load_in_4bit,
+                             adapters=cfg.method != "full", kv_cache=False, all_logits=True)
+    parts["logits"] *= 2  # lm-eval's log_softmax of the logits, in the same dtype
+    total = sum(parts.values())
+    out: dict[str, Any] = {"tasks": cfg.openllm_tasks, "openllm_batch_size": batch, "context_tokens": context,
+                           "parts_gib": {**{k: _gib(v) for k, v in parts.items()}, "total": _gib(total)},
+                           "total_gib": _gib(total), "fits": _fits(total, budget)}
+    if budget is not None and total > budget:
+        fixed = parts["weights"] + parts["overhead"]
+        per_sequence = (total - fixed) / batch
+        fits = int((budget - fixed) // per_sequence) if budget > fixed else 0
+        out["what_to_change"] = [
+            {"change": f"openllm_batch_size={min(fits, batch - 1)}", "total_gib": _gib(fixed + per_sequence * fits),
+             "fits": True} if fits >= 1 else
+            {"change": "the weights alone do not fit: openllm_tasks='' (skip the OpenLLM tasks)", "fits": False}]
     return out
 
 
@@ -187,6 +217,8 @@ def estimate_profile(profile: str, *, gpu_memory_gib: float | None = None, gpus:
     generation = [_generation_stage(c, budget) for c in gens]
     stages["04_generation"] = max(generation, key=lambda g: g["total_gib"])
     stages["04_judge"] = _judge_stage(cfg, budget)
+    # lm-eval scores the arms of 02 and of 03 (the 4-bit base with adapters): the bigger of the two
+    stages["04_openllm"] = max((_openllm_stage(c, budget) for c in gens), key=lambda g: g["total_gib"])
     peak = max(s["total_gib"] for s in stages.values())
     verdicts = [s["fits"] for s in stages.values() if s["fits"] is not None]
     return {"profile": profile, "model": cfg.model, "gpus": gpus, "gpu_memory_gib": gpu_memory_gib,

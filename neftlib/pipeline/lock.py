@@ -4,11 +4,15 @@
 folder is refused, naming the first's process and start time, unless that process is gone (a killed run
 leaves a stale lock, which the next command replaces). The notebooks' `start_run` only checks: a notebook
 started by the holder (a papermill kernel is its child) goes on, any other is refused while a command runs.
+
+The record is a JSON file, not an OS lock held for the whole run, because the holder's children (papermill's
+kernels) must pass and a dead holder must be named. Only the short check-and-take is serialised, with
+`filelock` (flock on POSIX, msvcrt on Windows) on a guard file beside the run folder (results/.<run>.guard),
+which stays there empty: inside the folder it would travel with the run's results.
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import socket
@@ -17,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import psutil
+from filelock import FileLock
 
 from neftlib.base.io import write_json
 
@@ -83,16 +88,19 @@ def _refusal(folder: Path, info: dict[str, Any]) -> RunLockedError:
         f"name (RUN / --run). If that process is gone from another machine, delete {Path(folder) / LOCK_NAME}")
 
 
+def guard_path(folder: Path) -> Path:
+    """The file whose OS lock serialises check-and-take for `folder`."""
+    folder = Path(folder)
+    return folder.with_name(f".{folder.name}.guard")
+
+
 @contextlib.contextmanager
 def _guard(folder: Path) -> Iterator[None]:
     """Serialise check-and-take between processes, so two can never both find the lock free and take it."""
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder, os.O_RDONLY)  # flock on the folder itself: no second file to leave behind
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(guard_path(folder)):
         yield
-    finally:
-        os.close(fd)  # closing drops the flock
 
 
 def check_free(folder: Path) -> None:

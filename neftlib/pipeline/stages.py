@@ -11,14 +11,15 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from neftlib.base.config import RunConfig, config_from_json, stage_config
+from neftlib.base.config import RunConfig, config_from_json, qlora_config, stage_config
 from neftlib.base.io import environment, is_done, mark_done, read_json, write_csv, write_json, write_jsonl
 from neftlib.base.paths import MINI_TRAIN, run_dir
 from neftlib.base.recipes import load_config
 from neftlib.base.run import load_prepared, stage_dir, trained_arms  # noqa: F401 (also read as stages.X by the CLI, demo, tests)
 from neftlib.data.prepare import load_eval_set, load_instructions, resolve_train_source, tokenize_rows
+from neftlib.data.sources import HubPin
 from neftlib.pipeline.lock import check_free
-from neftlib.training.models import load_tokenizer
+from neftlib.training.models import load_tokenizer, pin_revision
 from neftlib.training.train import process_state, train
 
 
@@ -52,6 +53,8 @@ def start_run(profile: str, run: str = "", seed: int | None = None, alpha: float
         cfg = load_config(profile, config=config or None, run=run or None, seed=seed, alpha=alpha, **overrides)
     else:
         cfg = run_config(profile, run, seed=seed, alpha=alpha, config=config, **overrides)
+    for stage_cfg in (cfg, qlora_config(cfg)):  # every load of the run's model, in any stage, at its revision
+        pin_revision(stage_cfg.model, stage_cfg.model_revision)
     state = process_state()
     if state.is_main_process:
         # A notebook opened while `neftlib run` / `train` works on this folder is refused; the notebooks
@@ -86,6 +89,11 @@ def check_same_config(cfg: RunConfig) -> None:
 
 # ---------- 01: data ----------
 
+def hub_pin(cfg: RunConfig) -> HubPin:
+    """What the run reads of a hub training set: its configuration, split and revision."""
+    return HubPin(config=cfg.train_data_config, split=cfg.train_data_split, revision=cfg.train_data_revision)
+
+
 def prepare_data(cfg: RunConfig) -> dict[str, Any]:
     """Load, validate, split and tokenize the training data; pick the evaluation prompts."""
     # Under a launcher the main process prepares; the others then find the stage done and read its report.
@@ -100,7 +108,7 @@ def _prepare_data(cfg: RunConfig) -> dict[str, Any]:
     tok = load_tokenizer(cfg.model)
     n = None if cfg.train_limit is None else cfg.train_limit + cfg.heldout_limit
     rows, report = load_instructions(cfg.train_data, seed=cfg.seed, limit=n, drop_bad=cfg.drop_bad_rows,
-                                     columns=cfg.train_columns)
+                                     columns=cfg.train_columns, hub=hub_pin(cfg))
     heldout_rows, train_rows = rows[: cfg.heldout_limit], rows[cfg.heldout_limit:]
     train_report = dataclasses.replace(report, rows_used=len(train_rows))
     train = tokenize_rows(train_rows, tok, cfg.prompt_format, cfg.max_length, train_report)

@@ -24,6 +24,23 @@ PACKAGED = {
 }
 TINY = "tiny-random"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Hub revision (branch, tag or commit) per model name: RunConfig.model_revision, pinned by pipeline.stages.start_run
+# so that every load of the run's model in this process (training, evaluation, cards) reads the same commit
+# without each caller passing it.
+REVISIONS: dict[str, str] = {}
+
+
+def pin_revision(name: str, revision: str) -> None:
+    """Load the hub model `name` at `revision` from now on in this process; an empty revision unpins it."""
+    if revision:
+        REVISIONS[name] = revision
+    else:
+        REVISIONS.pop(name, None)
+
+
+def _revision(name: str) -> dict[str, str]:
+    """from_pretrained's `revision` for a pinned model, else nothing (the hub's default branch)."""
+    return {"revision": REVISIONS[name]} if name in REVISIONS else {}
 
 
 def _package_folder(package: str) -> Path | None:
@@ -136,7 +153,7 @@ def model_config(name: str):
     from transformers import AutoConfig, LlamaConfig
 
     try:
-        return AutoConfig.from_pretrained(model_path(name))
+        return AutoConfig.from_pretrained(model_path(name), **_revision(name))
     except OSError as err:
         if name not in KNOWN_CONFIGS:
             raise not_available(name, err) from None
@@ -155,7 +172,7 @@ def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(model_path(name, tokenizer_only=True))
+        tok = AutoTokenizer.from_pretrained(model_path(name, tokenizer_only=True), **_revision(name))
     except OSError as err:
         raise not_available(name, err) from None
     if tok.pad_token is None:
@@ -177,7 +194,7 @@ def load_base(name: str, *, precision: str = "fp32", load_in_4bit: bool = False,
         )
         kwargs["device_map"] = {"": device or ("cuda:0" if torch.cuda.is_available() else "cpu")}
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_path(name), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(model_path(name), **_revision(name), **kwargs)
     except OSError as err:
         raise not_available(name, err) from None
     if load_in_4bit:
@@ -260,7 +277,14 @@ def check_4bit() -> None:
 
 
 def count_parameters(model) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """(trainable, total) parameter counts, a 4-bit weight by its values rather than its storage."""
+    total = sum(parameter_count(p) for p in model.parameters())
+    trainable = sum(parameter_count(p) for p in model.parameters() if p.requires_grad)
     return trainable, total
+
+
+def parameter_count(param: torch.Tensor) -> int:
+    """Values in a parameter: bitsandbytes packs two 4-bit values into each uint8 of a Params4bit, and keeps
+    the weight's real shape in its quant_state."""
+    quant_state = getattr(param, "quant_state", None)
+    return quant_state.shape.numel() if quant_state is not None else param.numel()

@@ -25,7 +25,7 @@ from neftlib.noise import NEFTuneCallback, noise_seed
 from neftlib.training.memory import check_fits
 from neftlib.training.models import (DTYPES, count_parameters, free_memory, load_base, load_model, on_best_device,
                                      peft_quietly)
-from neftlib.training.trainer import STAGING, NoisyTrainer, checked_checkpoint, checkpoints
+from neftlib.training.trainer import STAGING, BarOnlyProgress, NoisyTrainer, checked_checkpoint, checkpoints
 
 
 def process_state():
@@ -47,6 +47,18 @@ def main_decides(value):
 def launcher_shards() -> bool:
     """FSDP or DeepSpeed from the launcher's accelerate config: weights and optimizer split over the ranks."""
     return any(os.environ.get(k, "").lower() == "true" for k in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"))
+
+
+def fsdp_checkpoints() -> bool:
+    """The launcher's FSDP config checkpoints activations itself (fsdp_activation_checkpointing: true)."""
+    return (os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+            and os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "").lower() == "true")
+
+
+def trainer_checkpoints(cfg: RunConfig) -> bool:
+    """Whether Trainer checkpoints activations: cfg.gradient_checkpointing, unless FSDP already does. FSDP's own
+    wrapper recomputes each layer inside its unit; Trainer's would all-gather the layer's weights once more."""
+    return cfg.gradient_checkpointing and not fsdp_checkpoints()
 
 
 def weights_precision(cfg: RunConfig) -> str:
@@ -109,9 +121,9 @@ def training_arguments(cfg: RunConfig, out_dir: Path, *, world: int, progress: b
         optim=cfg.optim,
         bf16=cfg.precision == "bf16",
         fp16=cfg.precision == "fp16",
-        activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing=trainer_checkpoints(cfg),
         # Non-reentrant checkpointing: works with frozen inputs (LoRA) and with 4-bit bases.
-        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        activation_checkpointing_kwargs={"use_reentrant": False} if trainer_checkpoints(cfg) else None,
         logging_steps=cfg.logging_steps,
         logging_nan_inf_filter=False,  # its isnan check would wait on the device every micro-batch
         save_strategy="steps",
@@ -171,10 +183,9 @@ def train(cfg: RunConfig, arm: ArmConfig, examples: list[dict], out_dir: Path, *
     if os.environ.get(TEXT_ENV):
         # Kernels of `neftlib run` stream text to the terminal: Trainer's HTML bar would show nothing there.
         from transformers.utils.notebook import NotebookProgressCallback
-        from transformers.trainer_callback import ProgressCallback
 
         if trainer.pop_callback(NotebookProgressCallback) is not None:
-            trainer.add_callback(ProgressCallback)
+            trainer.add_callback(BarOnlyProgress)
     t_start = time.perf_counter()
     try:
         with deterministic_algorithms(deterministic_on(cfg)):
@@ -290,4 +301,8 @@ def load_trained(cfg: RunConfig, out_dir: Path):
         base = load_base(cfg.model, precision=cfg.precision, load_in_4bit=cfg.load_in_4bit)
         with peft_quietly():
             model = PeftModel.from_pretrained(base, folder)
+    # Plain forwards (lm-eval's scoring, the losses of 05) keep no KV cache, as a full arm saved after training
+    # already says: a LoRA arm's base config would keep one per forward. generate() still caches
+    # (its generation config decides there).
+    model.config.use_cache = False
     return on_best_device(model).eval()

@@ -14,17 +14,27 @@ from typing import Any
 
 import torch
 from transformers import Trainer
+from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from neftlib.data.batching import EpochSampler, non_pad_tokens
+from neftlib.noise import noise_state_name
 from neftlib.base.io import read_json, write_json
 
 STAGING = ".staging"  # where a checkpoint is written before it is renamed into place
 STATE_FILE = "neftlib_state.json"  # our part of a checkpoint: world size and the log rows so far
 
 
-def noise_state_file(rank: int) -> str:
-    return f"noise_rng_state_{rank}.pth"
+# log.csv's columns that also go into Trainer's logs, under the same names.
+TRAINER_LOG_KEYS = ("noise_ratio", "tokens_per_s")
+
+
+class BarOnlyProgress(ProgressCallback):
+    """Trainer's text progress bar without the dict it prints at every log step: those numbers go to the arm's
+    log.csv (and TensorBoard / W&B), where a figure reads them, instead of filling a notebook's output."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        return None
 
 
 class NoisyTrainer(Trainer):
@@ -64,7 +74,10 @@ class NoisyTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._mark is not None:  # a training step (not the final summary)
-            self.log_rows.append(self._step_row(logs))
+            row = self._step_row(logs)
+            self.log_rows.append(row)
+            # Trainer's own logs too: its log_history and every report_to integration (TensorBoard, W&B) see them.
+            logs = {**logs, **{k: row[k] for k in TRAINER_LOG_KEYS}}
         super().log(logs, start_time)
 
     def _step_row(self, logs: dict[str, float]) -> dict[str, Any]:
@@ -114,12 +127,12 @@ class NoisyTrainer(Trainer):
     def _save_rng_state(self, output_dir: str) -> None:
         super()._save_rng_state(output_dir)
         if self.neftune.handle is not None:
-            torch.save(self.neftune.handle.rng_state(), Path(output_dir) / noise_state_file(self.args.process_index))
+            torch.save(self.neftune.handle.rng_state(), Path(output_dir) / noise_state_name(self.args.process_index))
 
     def _load_rng_state(self, checkpoint: str | None) -> None:
         super()._load_rng_state(checkpoint)
         if checkpoint is not None and self.neftune.handle is not None:
-            path = Path(checkpoint) / noise_state_file(self.args.process_index)
+            path = Path(checkpoint) / noise_state_name(self.args.process_index)
             self.neftune.handle.set_rng_state(torch.load(path, weights_only=True))
 
 
