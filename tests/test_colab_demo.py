@@ -118,9 +118,15 @@ def test_demo_runs_in_the_smoke_profile_on_cpu(tmp_path, monkeypatch):
     for arm in ("baseline", "neftune"):
         log = pd.read_csv(run / "qlora" / arm / "log.csv")
         assert ((log["noise_ratio"] > 0) == (arm == "neftune")).all()
-    # the last screen: every prompt answered before training, without noise and with NEFTune, with lengths
-    last = json.loads(executed.read_text())["cells"][-1]
-    shown = "".join("".join(o.get("text", "")) for o in last["outputs"])
+    # every prompt answered before training, without noise and with NEFTune, with lengths; then what the run shows
+    cells = json.loads(executed.read_text())["cells"]
+    answers = next(c for c in cells if "".join(c["source"]).startswith("demo.print_answers"))
+    shown = "".join("".join(o.get("text", "")) for o in answers["outputs"])
     assert shown.count("--- trained without noise (") == 4 and shown.count("--- trained with NEFTune (") == 4
     assert "tokens," in shown and "characters)" in shown
+    last = "".join("".join(o.get("data", {}).get("text/markdown", "")) for o in cells[-1]["outputs"])
+    assert f"{arms['neftune']['mean_answer_chars']:.0f} with NEFTune" in last and "no win rate" in last
+    paper = "".join("".join(o.get("data", {}).get("text/markdown", "")) for c in cells
+                    if "paper_numbers" in "".join(c["source"]) for o in c["outputs"])
+    assert "26.71% -> 31.43%" in paper and "Table 3, ChatGPT judge" in paper  # read from the paper's tables
     assert (tmp_path / "figures" / "demo-smoke" / "loss_qlora.png").exists()

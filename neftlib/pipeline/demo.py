@@ -21,6 +21,8 @@ from typing import Any
 import pandas as pd
 import torch
 
+from neftlib.analysis.paper import FIGURE1, cell
+from neftlib.analysis.paper_rows import T4
 from neftlib.base.config import RunConfig, stage_config
 from neftlib.base.io import mark_done, read_json, write_csv, write_json
 from neftlib.base.recipes import load_config
@@ -246,3 +248,36 @@ def print_answers(table: pd.DataFrame) -> None:
             print(f"--- {titles[state]} ({row[('new_tokens', state)]} tokens, {row[('chars', state)]} characters):\n"
                   f"{row[('answer', state)]}")
         print()
+
+
+QLORA_TABLE, QLORA_COLUMN = "table3_qlora_chatgpt", "LLaMA2(7B) Alpaca"
+
+
+def paper_numbers() -> str:
+    """The paper's numbers this demo sits beside, read from its tables, each with its setting and judge named."""
+    base, neft = cell(QLORA_TABLE, "Base", QLORA_COLUMN), cell(QLORA_TABLE, "+NEFT (alpha=5)", QLORA_COLUMN)
+    before, after = FIGURE1["Alpaca"]
+    chars = [cell(T4, f"char_length.{row}", "Alpaca (alpha=5)") for row in ("LLaMA-2 7B", "+NEFT")]
+    return (f"**The paper's numbers.** QLoRA on LLaMA-2-7B with Alpaca (Table 3, ChatGPT judge): win rate "
+            f"{base:.2f}% -> {neft:.2f}% at alpha 5. Full fine-tuning of LLaMA-2-7B on Alpaca (Table 1, GPT-4 judge): "
+            f"{before:.2f}% -> {after:.2f}%, with answers of {chars[0]:.0f} -> {chars[1]:.0f} characters (Table 4). "
+            "This demo answers a handful of prompts and judges none: what it can show is the answers and their length.")
+
+
+def what_this_run_shows(cfg: RunConfig) -> str:
+    """The demo's outcome in a few computed sentences, from its summary.json."""
+    s = summary(cfg)
+    base, neft = s["arms"]["baseline"], s["arms"]["neftune"]
+    longer = neft["mean_answer_chars"] - base["mean_answer_chars"]
+    return "\n".join([
+        f"- **Answers:** {s['mean_answer_chars_before']:.0f} characters on average before training, "
+        f"{base['mean_answer_chars']:.0f} after training without noise, {neft['mean_answer_chars']:.0f} with NEFTune "
+        f"({longer:+.0f}), over {len(PROMPTS)} prompts: too few for an interval; the studies in the project's "
+        "README test length on 200 prompts and several seeds.",
+        f"- **Held-out loss** (without noise): {s['heldout_loss_before']:.3f} before, {base['heldout_loss']:.3f} "
+        f"without noise, {neft['heldout_loss']:.3f} with NEFTune.",
+        f"- **The noise was on:** its norm averaged {neft['noise_ratio_mean']:.2f} of the embeddings' over "
+        f"{neft['noised_steps']} of {neft['steps']} steps (baseline: {base['noise_ratio_mean']:.2f}).",
+        f"- **Model and scale:** {s['model']} ({s['method']}, {s['profile']} profile), {neft['steps']} optimizer steps per "
+        "arm; no judge, so no win rate.",
+    ])
