@@ -93,29 +93,32 @@ def test_the_papers_number_sits_beside_ours_with_its_judge(run):
     assert "29.8" in values and "64.7" in values  # Table 1, LLaMA-2-7B on Alpaca, read from the paper's tables
 
 
-def test_sweep_figure_shows_changes_against_the_seed_spread(results):
+def test_sweep_figure_shows_each_change_with_its_paired_interval(results):
+    from matplotlib.collections import LineCollection
+
+    from neftlib.analysis.verdict import seeds_test
+
     rows = [{"stage": "train", "arm": f"alpha{a}-seed{s}", "alpha": float(a), "distribution": "uniform", "seed": s,
-             "model": "tiny", "avg_chars": 300 + 10 * s + 5 * a, "heldout_loss": 2.0 + 0.001 * a + 0.0002 * s}
-            for a in (0, 5, 15) for s in (0, 1)]
+             "model": "tiny", "avg_chars": 300 + 10 * s + 5 * a + (3 if a == 15 and s == 1 else 0),
+             "heldout_loss": 2.0 + 0.001 * a + 0.0002 * s} for a in (0, 5, 15) for s in (0, 1)]
     write_csv(results / "sw" / "analysis" / "arm_metrics.csv", rows)
     fig = figures.sweep_figure("sw")
     assert len(fig.axes) == 2 and not empty_axes(fig) and not _inside(fig)
     for ax in fig.axes:
         assert ax.get_ylabel().startswith("change from alpha 0")
-        band = [p for p in ax.patches if p.get_height() > 0]
-        assert band, "no band for the spread between the alpha-0 seeds"
     length = next(ax for ax in fig.axes if ax.get_title().startswith("answer length"))
-    spread = max(p.get_height() for p in length.patches) / 2
-    assert spread == pytest.approx(10.0)  # alpha-0 seeds at 300 and 310
+    bars = [seg for c in length.collections if isinstance(c, LineCollection) for seg in c.get_segments()]
+    test = seeds_test([75.0, 78.0])  # alpha 15's per-seed changes: paired, the seeds' levels (300, 310) cancel
+    assert any(seg[0][0] == 15 and seg[0][1] == pytest.approx(test.low) and seg[1][1] == pytest.approx(test.high)
+               for seg in bars)
     assert "Table 6" in length.get_xlabel()  # the paper's change in characters, from its table
 
 
-def test_one_seed_draws_no_band(results):
+def test_one_seed_per_alpha_draws_no_sweep_figure(results):
     rows = [{"stage": "train", "arm": a, "alpha": al, "distribution": "uniform", "seed": 0, "model": "tiny",
              "avg_chars": 300 + al} for a, al in (("baseline", 0.0), ("neftune", 5.0))]
     write_csv(results / "one" / "analysis" / "arm_metrics.csv", rows)
-    fig = figures.sweep_figure("one")
-    assert not fig.axes[0].patches and "no seed spread" in fig.get_suptitle()
+    assert figures.sweep_figure("one") is None
 
 
 def test_no_backend_forced_on_import():

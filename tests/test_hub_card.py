@@ -154,7 +154,7 @@ def test_figures_and_report_commands_rebuild_from_the_run_folder(results: Path, 
     assert f"win_rates: {results.parent / 'figures' / run / 'win_rates.png'}" in out
     assert (results.parent / "figures" / run / "win_rates.png").stat().st_size > 0
     assert main(["report", run]) == 0
-    assert "held" in capsys.readouterr().out
+    assert "Verdicts follow the project's one rule" in capsys.readouterr().out
     assert (results / run / "report" / "summary.md").exists()
     assert main(["report", "nothing-here"]) == 2
     assert f"no run 'nothing-here' under {results}; runs there: {run}" in capsys.readouterr().err

@@ -9,20 +9,26 @@ import torch
 
 from neftlib.base.recipes import load_config
 from neftlib.base.profiles import LENGTH_ARMS
+from neftlib.analysis.verdict import WORDS, word
 from neftlib.evaluation.length_arms import META_PROMPTS, generation_of, min_new_tokens, prompted_rows
 
-NAMES = ["prompt-long", "prompt-comprehensive", "prompt-long-comprehensive", "min-new-tokens"]
+NAMES = ["prompt-long", "prompt-comprehensive", "prompt-long-comprehensive", "min-new-tokens", "min-new-tokens-paper"]
+MINIMA = {"min-new-tokens": 3, "min-new-tokens-paper": 12}  # smoke's cap of 12: 250/1,024 of it, and the paper's 250 capped
 
 
-def test_the_four_arms_their_prompts_and_the_scaled_minimum():
+def test_the_five_arms_their_prompts_and_the_minima():
     assert list(LENGTH_ARMS) == NAMES
     assert META_PROMPTS == {"prompt-long": "Generate a long response",
                             "prompt-comprehensive": "Generate a comprehensive response",
                             "prompt-long-comprehensive": "Generate a long and comprehensive response"}
     # the paper's 250 of 1,024 tokens, scaled to each profile's cap
     assert [min_new_tokens(c) for c in (1024, 128, 12, 1)] == [250, 31, 3, 1]
-    for profile in ("smoke", "cpu", "gpu-7b"):
+    # the paper's own 250, as far as the cap allows
+    assert [min_new_tokens(c, "min-new-tokens-paper") for c in (1024, 128, 12)] == [250, 128, 12]
+    for profile in ("smoke", "cpu"):
         assert load_config(profile).length_arms == tuple(NAMES)
+    assert load_config("gpu-7b").length_arms == tuple(NAMES[:4])  # at a cap of 1,024 the two minima are one
+    assert generation_of(load_config("cpu"), "min-new-tokens-paper")["min_new_tokens"] == 128
     cfg = load_config("cpu")
     assert generation_of(cfg, "min-new-tokens") == {"meta_prompt": "", "min_new_tokens": 31, "base_arm": "train-baseline"}
     assert generation_of(cfg, "prompt-long")["min_new_tokens"] == 0
@@ -62,7 +68,7 @@ def _run_with_arms(run: str, fake_arms, **overrides):
 
 
 def test_a_smoke_run_measures_and_reports_the_length_arms(results, monkeypatch, fake_arms):
-    """04 writes the four arms' answers and win rates, 05 their paired comparison, 06 them beside Table 5."""
+    """04 writes the five arms' answers and win rates, 05 their paired comparison, 06 them beside Table 5."""
     from neftlib.analysis.length_table import length_only_table
     from neftlib.analysis.overfitting import diversity_table
     from neftlib.analysis.report import build_report
@@ -83,6 +89,7 @@ def test_a_smoke_run_measures_and_reports_the_length_arms(results, monkeypatch, 
     length = wins[wins["stage"] == "length"].set_index("arm")
     assert list(length.index) == NAMES and (length["base_arm"] == "train-baseline").all()
     assert length.loc["min-new-tokens", "min_new_tokens"] == 3 and length.loc["prompt-long", "min_new_tokens"] == 0
+    assert length.loc["min-new-tokens-paper", "min_new_tokens"] == 12
     assert length.loc["prompt-long-comprehensive", "meta_prompt"] == "Generate a long and comprehensive response"
     eval_rows = read_json(stage_dir(cfg, "data") / "eval.json")
     for arm in NAMES:
@@ -98,14 +105,14 @@ def test_a_smoke_run_measures_and_reports_the_length_arms(results, monkeypatch, 
     # what the model was asked: the meta-prompt after each instruction; the minimum only for min-new-tokens
     for arm in NAMES:
         prompts, minimum = calls[f"length-{arm}"]
-        assert len(prompts) == cfg.eval_limit and minimum == (3 if arm == "min-new-tokens" else 0)
+        assert len(prompts) == cfg.eval_limit and minimum == MINIMA.get(arm, 0)
         meta = META_PROMPTS.get(arm)
         assert all((r["instruction"] + "\n" + meta in p) if meta else (r["instruction"] in p and "Generate a" not in p)
                    for r, p in zip(eval_rows, prompts))
 
     table = length_only_table(cfg.run_name, cfg.diversity_cutoff, n_boot=200).set_index("arm")
     assert list(table.index) == ["baseline", *NAMES, "neftune"]
-    assert list(diversity_table(cfg)["name"])[-4:] == [f"length-{a}" for a in NAMES]
+    assert list(diversity_table(cfg)["name"])[-5:] == [f"length-{a}" for a in NAMES]
     write_csv(stage_dir(cfg, "analysis") / "length_only.csv", table.reset_index().to_dict("records"))
     chars = {a: sum(len(o["output"]) for o in read_json(stage_dir(cfg, "eval") / f"length-{a}" / "model_outputs.json"))
              / cfg.eval_limit for a in NAMES}
@@ -121,9 +128,10 @@ def test_a_smoke_run_measures_and_reports_the_length_arms(results, monkeypatch, 
     beside = report["length_only"].set_index("arm")
     assert beside.loc["min-new-tokens", "paper_row"] == "Alpaca-7B (Min New Tokens)"
     assert beside.loc["min-new-tokens", "paper_win_rate"] == 38.58 and beside.loc["baseline", "paper_win_rate"] == 32.36
-    assert set(beside.loc[NAMES, "reaches_neftune"]) <= {"no", "yes, above", "cannot tell"}
+    assert all(word(v) in WORDS for v in beside.loc[NAMES, "verdict"])  # the one rule's words only
+    assert (beside.loc[NAMES, "cap_share"] >= 0).all()  # the share of answers that hit the cap, per arm
     summary = (stage_dir(cfg, "report") / "summary.md").read_text()
-    assert "Does any length-only arm reach NEFTune's win rate at our scale?" in summary
+    assert "Length alone and the gain" in summary and "at the cap" in summary
     assert (stage_dir(cfg, "report") / "length_only.csv").exists()
 
 

@@ -116,8 +116,8 @@ def test_pipeline_writes_every_stage(smoke_run):
     assert list(qlora["method"]) == ["qlora", "qlora"] and (qlora["trainable_params"] < qlora["total_params"]).all()
 
     wins = pd.read_csv(run / "eval" / "winrates.csv")
-    # 3 trained arms, 2 QLoRA arms and the 4 length-only arms of the baseline model (the paper's Table 5)
-    assert len(wins) == 9 and wins["win_rate"].between(0, 100).all()
+    # 3 trained arms, 2 QLoRA arms and the 5 length-only arms of the baseline model (the paper's Table 5)
+    assert len(wins) == 10 and wins["win_rate"].between(0, 100).all()
     assert (wins["ci_low"] <= wins["win_rate"]).all() and (wins["win_rate"] <= wins["ci_high"]).all()
     assert wins["win_rate_soft"].between(0, 100).all() and wins["lc_win_rate_approx"].between(0, 100).all()
     counted = 100 * (wins["n_wins"] + 0.5 * wins["n_draws"]) / wins["n_total"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -35,8 +34,6 @@ SNAPSHOT_FILES = {"config.json": "config.json", "train/summary.csv": "train_summ
                   "analysis/length_only.csv": "length_only.csv", "report/claims.csv": "claims.csv",
                   "report/claim_evidence.csv": "claim_evidence.csv", "report/paper_vs_ours.csv": "paper_vs_ours.csv",
                   "report/summary.md": "summary.md"}
-# claims.csv's our_setting, as the report writes it: "<model> (<method>) on <data>; <scale>"
-SETTING = re.compile(r"^(?P<model>\S+) \((?P<method>[\w-]+)\) on (?P<data>[^;]+); (?P<scale>.+)$")
 
 
 def read(folder: Path, name: str) -> pd.DataFrame:
@@ -46,20 +43,32 @@ def read(folder: Path, name: str) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
+# a recipe's train_data -> the data a committed snapshot trained on (every snapshot here read real Alpaca or the mini set)
+DATA_NAMES = {"auto": "Alpaca", "alpaca": "Alpaca", "mini": "the embedded mini set"}
+
+
 def snapshot_about(folder: Path) -> dict[str, str]:
-    """Our side of a figure in words, from the setting the run's report wrote and its judge's agreement."""
-    setting = SETTING.match(str(read(folder, "claims.csv")["our_setting"].iloc[0]))
-    if setting is None:
-        raise ValueError(f"{folder / 'claims.csv'}: our_setting is not '<model> (<method>) on <data>; <scale>'")
+    """Our side of a figure in words, from the snapshot's config.json and its judge's agreement."""
+    config = json.loads(read_text(folder, "config.json"))
+    data = DATA_NAMES.get(str(config.get("train_data")), Path(str(config.get("train_data"))).name)
     wins = read(folder, "winrates.csv") if (folder / "winrates.csv").exists() else pd.DataFrame()
     judge = "none"  # a run that judged nothing (the study measures the judge-free claims)
-    if not wins.empty:
+    if not wins.empty and "judge" in wins:
         judge = str(wins["judge"].iloc[0])
         if "judge_agreement" in wins and pd.notna(wins["judge_agreement"].iloc[0]):
             judge += (f" (agrees with GPT-4 on {wins['judge_agreement'].iloc[0]:.0%} of "
                       f"{int(wins['agreement_n'].iloc[0])} published pairs)")
-    scale = setting["scale"].replace("AlpacaEval prompts", "prompts").replace(".0 epoch", " epoch")
-    return {"model": setting["model"], "train_data": setting["data"], "scale": scale, "judge": judge}
+    epochs = f"{config['epochs']:g} epoch{'s' if config['epochs'] != 1 else ''}" if config.get("epochs") else ""
+    scale = ", ".join(p for p in (f"{config.get('train_limit')} training examples", epochs,
+                                  f"max length {config.get('max_length')}", f"{config.get('eval_limit')} prompts") if p)
+    return {"model": str(config["model"]), "train_data": data, "scale": scale, "judge": judge}
+
+
+def read_text(folder: Path, name: str) -> str:
+    path = folder / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: the snapshot holds {sorted(p.name for p in folder.iterdir())}")
+    return path.read_text(encoding="utf-8")
 
 
 def labelled_wins(folder: Path) -> pd.DataFrame:

@@ -134,8 +134,8 @@ def figure1(run: str) -> Figure:
 
 
 def sweep_figure(run: str) -> Figure | None:
-    """Every metric's change from the same seed's alpha-0 arm against alpha, with the spread between the alpha-0
-    seeds as a band (analysis/arm_metrics.csv, written by sweep.sweep_tables)."""
+    """Every metric's change from the same seed's alpha-0 arm against alpha, with the 95% t interval of the per-seed
+    paired changes (analysis/arm_metrics.csv, written by sweep.sweep_tables); None with one seed per alpha."""
     metrics = pd.read_csv(run_dir(run) / "analysis" / "arm_metrics.csv")
     fig = draw_alpha_sweep(metrics, _about_line(run), judge=run_about(run)["judge"].split(" (")[0])
     return save_run(fig, run, "alpha_sweep") if fig is not None else None

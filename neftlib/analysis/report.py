@@ -155,7 +155,7 @@ def published_evidence(run: str, n_boot: int = 2000, seed: int = 0) -> list[dict
 LENGTH_SCOPE = "released answers, length-controlled"
 
 
-def length_control_evidence(n_boot: int = 1000, seed: int = 0) -> list[dict]:
+def length_control_evidence(n_boot: int = 2000, seed: int = 0) -> list[dict]:
     """The paper's Table 5 claim tested on its own released answers: does GPT-4's preference gain survive at equal
     answer length (alpaca_eval's length_controlled_minimal fit, neftlib.analysis.length_control)? A family of its
     own for Holm's correction; the pairs are uncontrolled, which the note says."""
@@ -255,7 +255,7 @@ def build_report(run: str, roles: dict[str, dict] | None = None, n_boot: int = 2
     if ev.arms.empty:
         raise FileNotFoundError(f"{run_dir(run)} has no trained arms (train/summary.csv): run 01-05 first")
     evidence = finalize(pd.DataFrame(our_evidence(ev, roles) + published_evidence(run, n_boot, seed)
-                                     + length_control_evidence(min(n_boot, 1000), seed)))
+                                     + length_control_evidence(n_boot, seed)))
     roles = roles or {stage: pick_roles(ev.arms, stage, ev.info["alpha"]) for stage in ("train", "qlora")}
     effects = read_table(run_dir(run) / "analysis" / "alpha_effects.csv")
     paper = paper_vs_ours(evidence, ev.info, ev.arms, roles, effects)

@@ -10,6 +10,7 @@ Holm's correction (`holm`) runs over one run's tests before `decide` reads them.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
@@ -95,7 +96,9 @@ def paired_interval(stat: Callable[[np.ndarray], float], n: int, n_boot: int = 2
     data = (np.arange(n),)
     for method in ("BCa", "percentile"):
         try:
-            with np.errstate(all="ignore"):
+            # a degenerate BCa (e.g. every resample equal) comes back as NaN with a warning: the percentile serves
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", stats.DegenerateDataWarning)
                 res = stats.bootstrap(data, lambda idx: stat(np.asarray(idx, dtype=int)), vectorized=False,
                                       n_resamples=n_boot, confidence_level=LEVEL, method=method,
                                       random_state=np.random.default_rng(seed))

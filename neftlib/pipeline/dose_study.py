@@ -28,7 +28,7 @@ from neftlib.base.profiles import PROFILES
 from neftlib.base.recipes import load_config
 from neftlib.evaluation.length_probe import length_probe
 from neftlib.evaluation.stage import arm_outputs
-from neftlib.pipeline.lock import run_lock
+from neftlib.pipeline.lock import holder, run_lock
 from neftlib.pipeline.stages import prepare_data, stage_dir, start_run, train_arms
 from neftlib.training.models import load_tokenizer
 from neftlib.training.train import load_trained
@@ -112,8 +112,8 @@ def measure_arm(arm: str, evidence: Path, progress: bool = True, profile: str = 
 
 
 def pending(evidence: Path, arms: tuple[str, ...] = ORDER) -> list[str]:
-    """The arms not yet exported, in the study's order."""
-    return [a for a in arms if not exported(evidence, a)]
+    """The arms not yet exported and not being measured by another live process, in the study's order."""
+    return [a for a in arms if not exported(evidence, a) and holder(run_dir(arm_run(a))) is None]
 
 
 def run_study(evidence: Path, workers: int = 2, arms: tuple[str, ...] = ORDER) -> None:
@@ -127,6 +127,8 @@ def run_study(evidence: Path, workers: int = 2, arms: tuple[str, ...] = ORDER) -
     logs.mkdir(parents=True, exist_ok=True)
     print(f"{len(todo)} of {len(arms)} arms to measure, {workers} at a time; logs in {logs}", flush=True)
     while todo or running:
+        # read again each time: another process may have measured or taken an arm meanwhile
+        todo = [a for a in pending(evidence, arms) if a not in running and a not in failed]
         while todo and len(running) < workers:
             arm = todo.pop(0)
             with (logs / f"{arm}.log").open("ab") as log:

@@ -152,12 +152,17 @@ def model_config(name: str):
     """A model's transformers config: from its folder or the hub cache, else the copy kept in configs/models/."""
     from transformers import AutoConfig, LlamaConfig
 
+    if name in KNOWN_CONFIGS:
+        # A folder or the hub cache first; never the network for a config kept here (offline machines would wait
+        # out the hub client's retries, once per call).
+        try:
+            return AutoConfig.from_pretrained(model_path(name), local_files_only=True, **_revision(name))
+        except OSError:
+            return LlamaConfig.from_json_file(PROJ_ROOT / "configs" / "models" / KNOWN_CONFIGS[name])
     try:
         return AutoConfig.from_pretrained(model_path(name), **_revision(name))
     except OSError as err:
-        if name not in KNOWN_CONFIGS:
-            raise not_available(name, err) from None
-        return LlamaConfig.from_json_file(PROJ_ROOT / "configs" / "models" / KNOWN_CONFIGS[name])
+        raise not_available(name, err) from None
 
 
 def not_available(name: str, err: OSError) -> FileNotFoundError:
