@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from neftlib.analysis.claims import finalize
+from neftlib.analysis.claims import CLAIMS, finalize
 from neftlib.analysis.draw import paper_sweep_note
 from neftlib.analysis.sweep import alpha_effects, sweep_conclusion
 from neftlib.analysis.verdict import decide, holm, interval_test, judge_can_decide, word
@@ -96,9 +96,9 @@ def reference_section(evidence: Path, calibrated: bool | None) -> list[str]:
              f"[`docs/reference-run/`](docs/reference-run/)): the `cpu` profile, {config['train_limit']} real Alpaca "
              f"examples, {config['epochs']:g} epochs, one training seed, {config['eval_limit']} prompts, local judge. "
              "One seed: each detectable change is a lower bound.", "",
-             "| claim part | ours: baseline -> NEFTune (change [95% CI]) | verdict |", "|---|---|---|"]
+             "| claim | measured | ours: baseline -> NEFTune (change [95% CI]) | verdict |", "|---|---|---|---|"]
     for _, r in ours.iterrows():
-        lines.append(f"| {r['part']} | {_num(r['baseline'], 4)} -> {_num(r['treatment'], 4)} "
+        lines.append(f"| {CLAIMS.get(r['claim_id'], r['claim_id'])} | {r['part']} | {_num(r['baseline'], 4)} -> {_num(r['treatment'], 4)} "
                      f"({r['difference']:+.3g} [{_num(r['low'])}, {_num(r['high'])}]) | {r['verdict']} |")
     return lines
 
