@@ -10,8 +10,7 @@ import pytest
 from scipy import stats
 
 from neftlib.analysis.detectable import detectable_text
-from neftlib.analysis.power import (components_from_summaries, design, design_table, minimum_detectable_effect,
-                                    power_of, seed_change_variance, variance_components)
+from neftlib.analysis.power import design, minimum_detectable_effect, power_of, variance_components
 from neftlib.analysis.verdict import interval_test
 
 
@@ -107,23 +106,6 @@ def test_variance_components_recover_known_values():
         variance_components(pd.DataFrame({"seed": [0]}))
 
 
-def test_seed_change_variance_pools_over_comparisons():
-    per_seed = pd.DataFrame({"comparison": ["a5", "a5", "a10", "a10", "a15"], "seed": [0, 1, 0, 1, 0],
-                             "change": [6.0, 44.0, 8.0, 42.0, 1.0]})
-    var, df = seed_change_variance(per_seed)
-    assert df == 2 and var == pytest.approx(((19**2) * 2 + (17**2) * 2) / 2)
-
-
-def test_design_table_has_every_design_and_the_relative_mde():
-    comps = pd.DataFrame([{"metric": "avg_chars", "sd_prompt": 100.0, "sd_seed": 10.0, "sd_residual": 0.0,
-                           "baseline": 500.0}])
-    table = design_table(comps, prompts=(24, 200), seeds=(1, 3))
-    assert len(table) == 4 and set(table["n_seeds"]) == {1, 3}
-    row = table[(table["n_prompts"] == 200) & (table["n_seeds"] == 3)].iloc[0]
-    assert row["mde"] == pytest.approx(minimum_detectable_effect(200, 3, 100.0, 10.0))
-    assert row["mde_percent"] == pytest.approx(100 * row["mde"] / 500)
-
-
 def test_run_components_recover_the_variances_of_a_run_with_known_answers(results):
     """A results folder with 6 seeds of alpha 0 and alpha 5 whose answer lengths follow the model with known
     components: the run's own estimate recovers them, pairing each noised arm with its seed's baseline."""
@@ -160,14 +142,6 @@ def test_run_components_recover_the_variances_of_a_run_with_known_answers(result
     assert row["mde"] == pytest.approx(minimum_detectable_effect(n, k, row["sd_prompt"], row["sd_seed"],
                                                                  row["sd_residual"]))
     assert comp.loc["rouge_l", "status"] == "no per-item results"
-
-
-def test_components_from_summaries_keep_what_was_measured():
-    ends = components_from_summaries(sd_diff=200.0, change_var=650.0, n_items=24)
-    for comp in ends.values():  # both ends reproduce the one-seed spread and the per-seed spread they came from
-        assert comp["sd_prompt"] ** 2 + comp["sd_residual"] ** 2 == pytest.approx(200.0**2)
-        assert 2 * comp["sd_seed"] ** 2 + comp["sd_residual"] ** 2 / 24 == pytest.approx(650.0)
-    assert ends["prompts_shared"]["sd_residual"] == 0 and ends["prompts_vary"]["sd_seed"] == 0
 
 
 def test_a_spread_of_zero_is_not_read_as_sensitivity():

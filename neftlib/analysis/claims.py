@@ -202,11 +202,7 @@ def evidence_row(claim: str, part: str, stage: str, arms: tuple, expect: str, no
         row.update(difference=test.estimate, low=test.low, high=test.high, design=test.design, df=test.df,
                    p_value=test.p_value, detectable_effect=test.detectable, lower_bound=test.lower_bound,
                    n_seeds=test.n if test.design == "seeds" else 1)
-        for k in ("decided_baseline", "decided_treatment"):
-            if k in values:
-                row[k] = values[k]
-    else:
-        row.update({k: values[k] for k in ("decided_baseline", "decided_treatment") if k in values})
+    row.update({k: values[k] for k in ("decided_baseline", "decided_treatment") if k in values})
     return row
 
 

@@ -18,7 +18,7 @@ from neftlib.analysis.paper_rows import T4, T6
 from neftlib.analysis.plots import (NAMES, PAPER_COLOR, PUBLISHED_COLOR, UNITS, figure_legend, grouped_bars, headline,
                                     label, new_figure)
 from neftlib.analysis.sweep import METRICS
-from neftlib.analysis.verdict import judge_can_decide, seeds_test
+from neftlib.analysis.verdict import judge_decides, seeds_test
 
 OURS_COLOR, OURS_QLORA_COLOR = "#1f77b4", "#2ca02c"
 PAPER_MODEL = "LLaMA-2-7B"
@@ -42,15 +42,6 @@ def arm_bar(label_: str, value: float, low: float = math.nan, high: float = math
 def _ours_label(about: dict, judged: bool = True, stage: str = "") -> str:
     judge = f", judge {about['judge']}" if judged else ""
     return f"ours{', ' + stage if stage else ''}: {about['model']} on {about['train_data']}, {about['scale']}{judge}"
-
-
-def judge_decides(wins: pd.DataFrame, calibrated: bool | None = None) -> tuple[bool, str]:
-    """Whether a win-rate table's judge can decide (neftlib.analysis.verdict.judge_can_decide): the share of pairs
-    each arm's judge decided (draws aside), and the judge's calibration where known."""
-    shares = []
-    if {"n_draws", "n_total"} <= set(wins.columns):
-        shares = [1 - d / t for d, t in zip(wins["n_draws"], wins["n_total"]) if pd.notna(d) and t]
-    return judge_can_decide(shares, calibrated)
 
 
 def draw_win_rates(ours: pd.DataFrame, about: dict, calibrated: bool | None = None) -> Figure | None:

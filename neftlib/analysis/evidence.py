@@ -17,9 +17,8 @@ from matplotlib.figure import Figure
 
 from neftlib.analysis.draw import draw_alpha_sweep, draw_lengths, draw_win_rates
 from neftlib.analysis.plots import save
-from neftlib.analysis.results_block import REFERENCE, STUDY, SWEEPS, calibration_verdict, readme_text, sweep_files
-from neftlib.base.paths import run_dir
-from neftlib.base.paths import PROJ_ROOT
+from neftlib.analysis.results_block import REFERENCE, STUDY, SWEEPS, calibrated, readme_text, sweep_files
+from neftlib.base.paths import PROJ_ROOT, run_dir
 
 EVIDENCE = PROJ_ROOT / "docs" / "evidence"
 OUT = PROJ_ROOT / "docs" / "figures"
@@ -36,11 +35,15 @@ SNAPSHOT_FILES = {"config.json": "config.json", "train/summary.csv": "train_summ
                   "report/summary.md": "summary.md"}
 
 
-def read(folder: Path, name: str) -> pd.DataFrame:
+def _existing(folder: Path, name: str) -> Path:
     path = folder / name
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: the snapshot holds {sorted(p.name for p in folder.iterdir())}")
-    return pd.read_csv(path)
+    return path
+
+
+def read(folder: Path, name: str) -> pd.DataFrame:
+    return pd.read_csv(_existing(folder, name))
 
 
 # a recipe's train_data -> the data a committed snapshot trained on (every snapshot here read real Alpaca or the mini set)
@@ -49,7 +52,7 @@ DATA_NAMES = {"auto": "Alpaca", "alpaca": "Alpaca", "mini": "the embedded mini s
 
 def snapshot_about(folder: Path) -> dict[str, str]:
     """Our side of a figure in words, from the snapshot's config.json and its judge's agreement."""
-    config = json.loads(read_text(folder, "config.json"))
+    config = json.loads(_existing(folder, "config.json").read_text(encoding="utf-8"))
     data = DATA_NAMES.get(str(config.get("train_data")), Path(str(config.get("train_data"))).name)
     wins = read(folder, "winrates.csv") if (folder / "winrates.csv").exists() else pd.DataFrame()
     judge = "none"  # a run that judged nothing (the study measures the judge-free claims)
@@ -62,13 +65,6 @@ def snapshot_about(folder: Path) -> dict[str, str]:
     scale = ", ".join(p for p in (f"{config.get('train_limit')} training examples", epochs,
                                   f"max length {config.get('max_length')}", f"{config.get('eval_limit')} prompts") if p)
     return {"model": str(config["model"]), "train_data": data, "scale": scale, "judge": judge}
-
-
-def read_text(folder: Path, name: str) -> str:
-    path = folder / name
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: the snapshot holds {sorted(p.name for p in folder.iterdir())}")
-    return path.read_text(encoding="utf-8")
 
 
 def labelled_wins(folder: Path) -> pd.DataFrame:
@@ -91,7 +87,7 @@ def figures(evidence: Path = EVIDENCE) -> dict[str, Figure]:
     made = {"alpha_sweep": draw_alpha_sweep(read(sweep, "arm_metrics.csv"),
                                             f"{about['model']} on {about['train_data']}, {about['scale']}",
                                             judge=about["judge"].split(" (")[0]),
-            "win_rates": draw_win_rates(labelled_wins(alpaca), snapshot_about(alpaca), _calibrated(evidence)),
+            "win_rates": draw_win_rates(labelled_wins(alpaca), snapshot_about(alpaca), calibrated(evidence)),
             "length_diversity": draw_lengths(read(alpaca, "diversity.csv"),
                                              read(evidence / PUBLISHED, "published_diversity.csv"),
                                              snapshot_about(alpaca))}
@@ -99,11 +95,6 @@ def figures(evidence: Path = EVIDENCE) -> dict[str, Figure]:
     if missing:
         raise ValueError(f"the snapshots hold nothing to draw for {missing}")
     return made
-
-
-def _calibrated(evidence: Path) -> bool | None:
-    verdict = calibration_verdict(evidence)
-    return None if verdict is None else bool(verdict["passes"])
 
 
 def snapshot(run: str, name: str, evidence: Path = EVIDENCE) -> Path:

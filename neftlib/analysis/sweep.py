@@ -6,7 +6,7 @@ import math
 import pandas as pd
 
 from neftlib.base.config import RunConfig
-from neftlib.analysis.verdict import CANNOT_DECIDE, Test, decide, holm, judge_can_decide, seeds_test
+from neftlib.analysis.verdict import CANNOT_DECIDE, Test, decide, holm, judge_decides, seeds_test
 from neftlib.base.io import read_json, write_csv
 from neftlib.base.run import stage_dir, trained_arms
 
@@ -139,9 +139,7 @@ def sweep_tables(cfg: RunConfig) -> dict[str, pd.DataFrame]:
     """arm_metrics.csv and alpha_effects.csv under results/<run>/analysis/ (rebuilt from 04 and 05)."""
     out = stage_dir(cfg, "analysis")
     metrics = arm_metrics(cfg)
-    wins = pd.read_csv(stage_dir(cfg, "eval") / "winrates.csv")
-    shares = [1 - d / t for d, t in zip(wins.get("n_draws", []), wins.get("n_total", [])) if pd.notna(d) and t]
-    effects = alpha_effects(metrics, judge_can_decide(shares))
+    effects = alpha_effects(metrics, judge_decides(pd.read_csv(stage_dir(cfg, "eval") / "winrates.csv")))
     write_csv(out / "arm_metrics.csv", metrics.to_dict("records"))
     write_csv(out / "alpha_effects.csv", effects.to_dict("records"))
     return {"arm_metrics": metrics, "alpha_effects": effects}

@@ -150,6 +150,15 @@ def judge_can_decide(shares: Sequence[float], calibrated: bool | None = None) ->
     return True, ""
 
 
+def judge_decides(wins, calibrated: bool | None = None) -> tuple[bool, str]:
+    """`judge_can_decide` for a win-rate table (winrates.csv: n_draws and n_total per arm); a table without those
+    columns (an older run) is read as decided."""
+    shares = []
+    if "n_draws" in wins and "n_total" in wins:
+        shares = [1 - d / t for d, t in zip(wins["n_draws"], wins["n_total"]) if d == d and t]  # d == d: not NaN
+    return judge_can_decide(shares, calibrated)
+
+
 def calibration_passes(local_low: float, local_high: float, local_estimate: float, gpt4_estimate: float) -> bool:
     """The calibration rule: the local judge's paired difference excludes 0 in GPT-4's direction and reaches at
     least CALIBRATION_SHARE of GPT-4's jump."""

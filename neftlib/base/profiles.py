@@ -137,7 +137,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         overlap_limit=50,
     ),
 }
-# Issue 9's alpha x seed sweep in the cpu regime: 8 full fine-tunes (no QLoRA stage), 24 AlpacaEval
+# An alpha x seed sweep in the cpu regime: 8 full fine-tunes (no QLoRA stage), 24 AlpacaEval
 # prompts per arm, 5 published pairs per model for the judge's agreement.
 PROFILES["cpu-sweep"] = {**PROFILES["cpu"], "eval_limit": 24, "gen_batch_size": 12, "agreement_pairs": 5,
                          "arms": SWEEP_ARMS, "qlora_arms": (), "length_arms": ()}
