@@ -9,6 +9,8 @@ detected in `neftlib.analysis.detectable`.
 """
 from __future__ import annotations
 
+import copy
+
 import pandas as pd
 
 from neftlib.analysis.claims import (CLAIMS, DIVERSITY_MARGIN, DIVERSITY_PART, FORMULA_PART, NOT_MEASURED, RELEASED,
@@ -95,8 +97,8 @@ def our_evidence(ev: RunEvidence, roles: dict[str, dict] | None = None) -> list[
     per-seed changes; with one, the paired bootstrap over the prompts. `roles` (one seed's arms) overrides."""
     seeds = {} if roles else roles_by_seed(ev.arms, "train", ev.info["alpha"])
     if seeds:
-        quick = RunEvidence.__new__(RunEvidence)
-        quick.__dict__.update({**ev.__dict__, "n_boot": 0})  # per seed only the change is needed
+        quick = copy.copy(ev)
+        quick.n_boot = 0  # per seed only the change is needed
         qlora = pick_roles(ev.arms, "qlora", ev.info["alpha"])
         parts = combine_seeds([measure_parts(quick, {"train": r, "qlora": qlora}) for r in seeds.values()])
     else:
