@@ -233,6 +233,7 @@ def test_model_revision_reaches_every_load_of_the_runs_model(results, monkeypatc
 
     with pytest.raises(ValueError, match="model_revision='abc' pins a hub model"):
         load_config("smoke", model_revision="abc")
+    models.model_path(models.TINY)  # built before the hub stand-in below, which would answer the build's own loads
     seen = []
 
     def loaded(name, **kwargs):  # stands in for the hub: records what each load asked for
